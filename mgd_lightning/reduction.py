@@ -1,0 +1,164 @@
+"""Teacher channel reductions rho(T, M) of Matching Guided Distillation (section 3.3, Eq. 12-15).
+
+Plain torch; no Lightning import. A matching is a ``(C_S, alpha)`` LongTensor ``groups`` (see
+:mod:`mgd_lightning.matching`). Every reduction is one vectorised gather of the ``C_S * alpha``
+matched teacher channels into a ``(B, C_S, alpha, H, W)`` view followed by a selection along the
+group axis; no Python loop over groups.
+
+Margins and reductions
+----------------------
+The teacher transform (Eq. 4) is a per-channel margin ReLU ``max(t, m)``. After a reduction a
+student channel faces values coming from different teacher channels, so the margin has to be
+reduced too. :func:`reduce_teacher_and_margin` supports two choices:
+
+* ``margin_reduction="selected"`` (default, ours): wherever a reduction *selects* one teacher
+  channel (``sm``, ``rd``, ``amp``, ``mp``), the margin is the margin of that very channel, at
+  that very position. Hence ``max(rho(T)_i, m_sel) = sigma_T(t_sel)``: the reduced target equals
+  the teacher's transformed value exactly. ``avg`` mixes channels and uses the group's mean
+  margin.
+* ``margin_reduction="reference"``: the reference code's choice, one margin per student channel:
+  the group's mean margin for ``amp``, ``mp`` and ``avg``; for ``rd`` the margin of a random group
+  member (drawn per channel, not per position); for ``sm`` the matched channel's margin.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["METHODS", "MARGIN_REDUCTIONS", "reduce_teacher", "reduce_teacher_and_margin"]
+
+METHODS = ("sm", "rd", "amp", "mp", "avg")
+MARGIN_REDUCTIONS = ("selected", "reference")
+
+
+def _check(teacher: torch.Tensor, groups: torch.Tensor, method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if not isinstance(teacher, torch.Tensor) or teacher.dim() != 4:
+        shape = tuple(teacher.shape) if isinstance(teacher, torch.Tensor) else type(teacher).__name__
+        raise ValueError(f"teacher must be a 4-D tensor (B, C_T, H, W); got {shape}")
+    if not isinstance(groups, torch.Tensor) or groups.dim() != 2 or groups.numel() == 0:
+        shape = tuple(groups.shape) if isinstance(groups, torch.Tensor) else type(groups).__name__
+        raise ValueError(f"groups must be a non-empty 2-D LongTensor (C_S, alpha); got {shape}")
+    if groups.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"groups must hold integer channel indices; got dtype {groups.dtype}")
+    c_t = teacher.shape[1]
+    lo, hi = int(groups.min()), int(groups.max())
+    if lo < 0 or hi >= c_t:
+        raise ValueError(
+            f"groups index teacher channels in [{lo}, {hi}] but teacher has C_T={c_t} channels "
+            f"(valid: 0..{c_t - 1}); was the matching computed for another layer?"
+        )
+    if method == "sm" and groups.shape[1] != 1:
+        raise ValueError(
+            f"method 'sm' needs one teacher channel per student channel, groups of shape (C_S, 1); "
+            f"got groups of shape {tuple(groups.shape)} (use sparse_assignment, or another method)"
+        )
+
+
+def _gather(teacher: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """(B, C_T, H, W) -> (B, C_S, alpha, H, W) with ``out[:, i, k] = teacher[:, groups[i, k]]``."""
+    b, _, h, w = teacher.shape
+    c_s, alpha = groups.shape
+    flat = groups.reshape(-1).to(device=teacher.device, dtype=torch.int64)
+    return teacher.index_select(1, flat).view(b, c_s, alpha, h, w)
+
+
+def _select_index(
+    gathered: torch.Tensor, method: str, generator: torch.Generator | None
+) -> torch.Tensor | None:
+    """Index (B, C_S, 1, H, W) into the group axis, or ``None`` for ``avg`` (no selection)."""
+    b, c_s, alpha, h, w = gathered.shape
+    if method == "sm":
+        return None if alpha == 1 else torch.zeros(b, c_s, 1, h, w, dtype=torch.int64, device=gathered.device)
+    if method == "rd":  # Eq. 13: independent draw per batch element and spatial position
+        return torch.randint(
+            alpha, (b, c_s, 1, h, w), generator=generator, device=gathered.device, dtype=torch.int64
+        )
+    if method == "amp":  # Eq. 14-15: largest magnitude, sign kept
+        return gathered.abs().argmax(dim=2, keepdim=True)
+    if method == "mp":
+        return gathered.argmax(dim=2, keepdim=True)
+    return None  # avg
+
+
+def reduce_teacher(
+    teacher: torch.Tensor,
+    groups: torch.Tensor,
+    method: str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Reduce teacher channels onto student channels, rho(T, M) (Eq. 12-15).
+
+    Args:
+        teacher: (B, C_T, H, W) teacher feature.
+        groups: (C_S, alpha) LongTensor, teacher channels per student channel.
+        method: ``"sm"`` sparse matching, the group's single channel (Eq. 12; needs alpha = 1);
+            ``"rd"`` random drop, a member drawn independently per batch element and spatial
+            position (Eq. 13); ``"amp"`` absolute max pooling, per position the member of largest
+            magnitude, sign kept (Eq. 14-15); ``"mp"`` max pooling; ``"avg"`` average pooling.
+        generator: optional ``torch.Generator`` (on the teacher's device) for ``"rd"``.
+
+    Returns:
+        (B, C_S, H, W) tensor.
+    """
+    return reduce_teacher_and_margin(teacher, None, groups, method, generator)[0]
+
+
+def reduce_teacher_and_margin(
+    teacher: torch.Tensor,
+    margin: torch.Tensor | None,
+    groups: torch.Tensor,
+    method: str,
+    generator: torch.Generator | None = None,
+    margin_reduction: str = "selected",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reduce teacher feature and its per-channel margin consistently (Eq. 4 with Eq. 12-15).
+
+    Args:
+        teacher: (B, C_T, H, W).
+        margin: (C_T,) per-channel margins of Eq. 4, or ``None``.
+        groups, method, generator: as in :func:`reduce_teacher`.
+        margin_reduction: ``"selected"`` or ``"reference"`` (module docstring).
+
+    Returns:
+        ``(reduced, reduced_margin)``: reduced is (B, C_S, H, W); reduced_margin broadcasts
+        against it: (B, C_S, H, W) when it follows a per-position selection, else (1, C_S, 1, 1);
+        ``None`` when ``margin`` is ``None``.
+    """
+    _check(teacher, groups, method)
+    if margin_reduction not in MARGIN_REDUCTIONS:
+        raise ValueError(f"margin_reduction must be one of {MARGIN_REDUCTIONS}; got {margin_reduction!r}")
+    if margin is not None and (margin.dim() != 1 or margin.shape[0] != teacher.shape[1]):
+        raise ValueError(
+            f"margin must be (C_T,) = ({teacher.shape[1]},) to match teacher {tuple(teacher.shape)}; "
+            f"got shape {tuple(margin.shape)}"
+        )
+    c_s, alpha = groups.shape
+    gathered = _gather(teacher, groups)
+    index = _select_index(gathered, method, generator)
+    if method == "avg":
+        reduced = gathered.mean(dim=2)
+    elif index is None:  # sm with alpha == 1
+        reduced = gathered.squeeze(2)
+    else:
+        reduced = gathered.gather(2, index).squeeze(2)
+    if margin is None:
+        return reduced, None
+
+    g = groups.to(device=margin.device, dtype=torch.int64)
+    group_margin = margin[g]  # (C_S, alpha)
+    if method == "avg" or (margin_reduction == "reference" and method in ("amp", "mp")):
+        red_margin = group_margin.mean(dim=1).view(1, c_s, 1, 1)
+    elif index is None:  # sm, alpha == 1
+        red_margin = group_margin[:, 0].view(1, c_s, 1, 1)
+    elif margin_reduction == "reference" and method == "rd":
+        pick = torch.randint(alpha, (c_s, 1), generator=generator, device=teacher.device).to(margin.device)
+        red_margin = group_margin.gather(1, pick).view(1, c_s, 1, 1)
+    elif margin_reduction == "reference" and method == "sm":
+        red_margin = group_margin[:, 0].view(1, c_s, 1, 1)
+    else:  # "selected": the margin of the channel chosen at each position
+        b, _, _, h, w = gathered.shape
+        expanded = group_margin.to(teacher.dtype).view(1, c_s, alpha, 1, 1).expand(b, c_s, alpha, h, w)
+        red_margin = expanded.gather(2, index).squeeze(2)
+    return reduced, red_margin.to(reduced.dtype)
