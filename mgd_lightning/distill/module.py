@@ -1,0 +1,320 @@
+"""DistillationModule: a frozen teacher, a trainable student and the MGD loss (paper Eq. 2-5, 12-15).
+
+The matching itself is updated by :class:`mgd_lightning.MGDMatchingCallback` (coordinate descent,
+section 3.4); this module holds it in persistent buffers and applies it in every training step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from mgd_lightning.losses import kd_loss, margin_from_bn, partial_l2
+from mgd_lightning.matching import balanced_assignment, contiguous_groups, sparse_assignment
+from mgd_lightning.reduction import MARGIN_REDUCTIONS, METHODS, reduce_teacher_and_margin
+
+from .taps import FeatureTaps, Tap, batchnorm_before_taps, resolve_taps
+
+__all__ = ["DistillationModule"]
+
+log = logging.getLogger(__name__)
+
+ASSIGNMENTS = {"balanced": balanced_assignment, "sparse": sparse_assignment}
+
+
+def _default_input_size(*models: nn.Module) -> tuple[int, int, int]:
+    for model in models:
+        size = getattr(model, "default_input_size", None)
+        if size is not None:
+            return tuple(size)
+    return (3, 224, 224)
+
+
+def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(inputs, targets)`` from a batch given as a tensor, a (x, y, ...) sequence or a dict."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (list, tuple)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    if isinstance(batch, dict):
+        for xk, yk in (("image", "label"), ("x", "y"), ("input", "target")):
+            if xk in batch:
+                return batch[xk], batch.get(yk)
+    raise ValueError(
+        f"cannot find inputs in a batch of type {type(batch).__name__}: use a tensor, an (x, y) tuple, "
+        "or a dict with 'image'/'label' keys"
+    )
+
+
+class DistillationModule(pl.LightningModule):
+    """Matching Guided Distillation of ``teacher`` into ``student``.
+
+    Loss per step (Eq. 2): ``CE(student) + distill_weight * sum_k w_k d_p(BN_k(S_k),
+    sigma_T(rho(T_k, M_k))) / (B * loss_factor) [+ kd_weight * KD]``, with ``rho`` the reducer
+    (Eq. 12-15), ``sigma_T`` the margin ReLU (Eq. 4) and ``d_p`` the partial L2 (Eq. 5).
+
+    Args:
+        teacher: the teacher network (frozen here: no gradients, always in eval mode).
+        student: the student network.
+        reducer: ``"sm"``, ``"rd"``, ``"amp"`` (default), ``"mp"`` or ``"avg"``.
+        matching: ``True`` to learn the matching (MGD); ``False`` for the "without matching"
+            ablation (contiguous groups of ``alpha`` teacher channels, never updated).
+        teacher_taps, student_taps: module names (or ``"name:input"``) to tap; ``None`` picks the
+            preset of the architecture (:mod:`mgd_lightning.distill.taps`). With presets on both
+            sides and unequal counts, the earliest taps of the longer list are dropped (the paper
+            skips the first stage of MobileNet-V2 / ShuffleNet-V2).
+        input_size: (C, H, W) used to probe tap shapes at construction; default from the models'
+            ``default_input_size`` or (3, 224, 224).
+        distill_weight: gamma of Eq. 2.
+        tap_weights: per-tap weights; default ``1 / 2^(N-k-1)`` (reference code: 1/8, 1/4, 1/2, 1).
+        loss_factor: divisor of the distillation term (reference code: 1e4 for 224 px inputs).
+        student_bn: a trainable BatchNorm on each student tap (reference code), optimised with the
+            student; ``False`` compares the raw student feature.
+        margin_reduction: how margins follow the reduction, ``"selected"`` or ``"reference"``
+            (:mod:`mgd_lightning.reduction`).
+        kd_weight, kd_temperature: Hinton KD on top (reference: weight 1, T = 1.5 when enabled).
+        lr, momentum, nesterov, weight_decay, lr_milestones, lr_gamma: SGD with step decay
+            (reference: 0.01 for a pre-trained student, 0.9, Nesterov, 1e-4, x0.1 every 30 epochs).
+        num_classes: for the accuracy metrics; default from the student's output width.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        reducer: str = "amp",
+        matching: bool = True,
+        teacher_taps: Sequence[str | Tap] | None = None,
+        student_taps: Sequence[str | Tap] | None = None,
+        input_size: Sequence[int] | None = None,
+        distill_weight: float = 1.0,
+        tap_weights: Sequence[float] | None = None,
+        loss_factor: float = 1e4,
+        student_bn: bool = True,
+        margin_reduction: str = "selected",
+        kd_weight: float = 0.0,
+        kd_temperature: float = 1.5,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 1e-4,
+        lr_milestones: Sequence[int] = (30, 60, 90),
+        lr_gamma: float = 0.1,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if reducer not in METHODS:
+            raise ValueError(f"reducer must be one of {METHODS}; got {reducer!r}")
+        if margin_reduction not in MARGIN_REDUCTIONS:
+            raise ValueError(f"margin_reduction must be one of {MARGIN_REDUCTIONS}; got {margin_reduction!r}")
+        if loss_factor <= 0:
+            raise ValueError(f"loss_factor must be > 0; got {loss_factor}")
+        self.save_hyperparameters(ignore=["teacher", "student"])
+        self.teacher = teacher
+        self.student = student
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.reducer = reducer
+        self.assignment = None if not matching else ("sparse" if reducer == "sm" else "balanced")
+
+        t_taps = resolve_taps(teacher, teacher_taps, "teacher")
+        s_taps = resolve_taps(student, student_taps, "student")
+        if teacher_taps is None and student_taps is None and len(t_taps) != len(s_taps):
+            n = min(len(t_taps), len(s_taps))
+            t_taps, s_taps = t_taps[len(t_taps) - n :], s_taps[len(s_taps) - n :]
+        if len(t_taps) != len(s_taps):
+            raise ValueError(
+                f"teacher and student need as many taps: teacher_taps {[t.module for t in t_taps]} "
+                f"({len(t_taps)}) vs student_taps {[t.module for t in s_taps]} ({len(s_taps)})"
+            )
+        self.teacher_taps = FeatureTaps(teacher, t_taps)
+        self.student_taps = FeatureTaps(student, s_taps)
+        self.num_taps = len(t_taps)
+
+        size = tuple(input_size) if input_size is not None else _default_input_size(student, teacher)
+        example = torch.zeros(1, *size, device=next(teacher.parameters()).device)
+        t_shapes, s_shapes, n_out = self._probe(example)
+        for k, (tt, st, ts, ss) in enumerate(zip(t_taps, s_taps, t_shapes, s_shapes)):
+            if ts[2:] != ss[2:]:
+                raise ValueError(
+                    f"tap pair {k}: teacher {tt.module!r} gives {tuple(ts[1:])} (C, H, W) but student "
+                    f"{st.module!r} gives {tuple(ss[1:])} at input {size}: spatial sizes must be equal; "
+                    "choose other taps or another input_size"
+                )
+            if ts[1] < ss[1]:
+                raise ValueError(
+                    f"tap pair {k}: teacher {tt.module!r} has C_T={ts[1]} channels < student "
+                    f"{st.module!r} C_S={ss[1]}; MGD needs C_T >= C_S at every tap"
+                )
+        self.tap_shapes = [(int(ss[1]), int(ts[1]), int(ss[2]), int(ss[3])) for ts, ss in zip(t_shapes, s_shapes)]
+
+        # Matching buffers, sized now, updated in place by the callback: in every checkpoint.
+        for k, (c_s, c_t, _, _) in enumerate(self.tap_shapes):
+            groups = contiguous_groups(c_s, c_t)
+            if reducer == "sm":
+                groups = groups[:, :1].contiguous()
+            self.register_buffer(f"matching_{k}", groups)
+        self.register_buffer("last_matching_epoch", torch.tensor(-1, dtype=torch.long))
+
+        # Margins (Eq. 4) from the teacher BN right before each tap (reference: residual-branch BN).
+        bns = batchnorm_before_taps(teacher, t_taps, example)
+        for k, bn in enumerate(bns):
+            margin = margin_from_bn(bn).float() if bn is not None else torch.zeros(0)
+            if bn is None:
+                log.warning("teacher tap %r: no BatchNorm before it; no margin ReLU", t_taps[k].module)
+            self.register_buffer(f"margin_{k}", margin)
+
+        self.distill_weight = float(distill_weight)
+        if tap_weights is None:
+            tap_weights = [1.0 / 2 ** (self.num_taps - k - 1) for k in range(self.num_taps)]
+        if len(tap_weights) != self.num_taps:
+            raise ValueError(f"tap_weights needs {self.num_taps} values (one per tap); got {list(tap_weights)}")
+        self.tap_weights = [float(w) for w in tap_weights]
+        self.loss_factor = float(loss_factor)
+        use_bn = student_bn and self.distill_weight > 0
+        self.student_bns = nn.ModuleList(
+            nn.BatchNorm2d(c_s) if use_bn else nn.Identity() for c_s, _, _, _ in self.tap_shapes
+        )
+        self.margin_reduction = margin_reduction
+        self.kd_weight = float(kd_weight)
+        self.kd_temperature = float(kd_temperature)
+
+        num_classes = int(num_classes or n_out)
+        top_k = min(5, num_classes)
+        self.metrics = nn.ModuleDict({
+            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k)
+            for stage in ("val", "test") for name, k in (("acc1", 1), (f"acc{top_k}", top_k))
+        })
+        self._top_k = top_k
+
+    # ------------------------------------------------------------------ construction helpers
+    def _probe(self, example: torch.Tensor):
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            with torch.no_grad():
+                self.teacher(example)
+                t_shapes = [f.shape for f in self.teacher_taps.features]
+                logits = self.student(example.to(next(self.student.parameters()).device))
+                s_shapes = [f.shape for f in self.student_taps.features]
+        finally:
+            self.student.train(was_training)
+        return t_shapes, s_shapes, logits.shape[-1]
+
+    # ------------------------------------------------------------------ state
+    def train(self, mode: bool = True):
+        """Switch the student's mode; the teacher stays in eval mode (frozen BN statistics)."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    @property
+    def matchings(self) -> list[torch.Tensor]:
+        """Current matching per tap pair: ``(C_S, alpha)`` LongTensors (``alpha = 1`` for SM)."""
+        return [getattr(self, f"matching_{k}") for k in range(self.num_taps)]
+
+    @property
+    def margins(self) -> list[torch.Tensor | None]:
+        out = []
+        for k in range(self.num_taps):
+            m = getattr(self, f"margin_{k}")
+            out.append(m if m.numel() else None)
+        return out
+
+    def set_matching(self, k: int, groups: torch.Tensor) -> None:
+        """Replace tap ``k``'s matching in place (keeps buffers, devices and checkpoints consistent)."""
+        buf = getattr(self, f"matching_{k}")
+        if tuple(groups.shape) != tuple(buf.shape):
+            raise ValueError(f"matching for tap {k} must have shape {tuple(buf.shape)}; got {tuple(groups.shape)}")
+        buf.copy_(groups.to(buf.device))
+
+    def solve_matching(self, cost: torch.Tensor) -> torch.Tensor:
+        """The assignment for one tap's (C_S, C_T) cost: balanced (Eq. 8-11) or sparse (SM)."""
+        if self.assignment is None:
+            raise RuntimeError("this module was built with matching=False: its grouping is fixed")
+        return ASSIGNMENTS[self.assignment](cost)
+
+    def student_state_dict(self) -> dict[str, torch.Tensor]:
+        """The distilled student alone: loads into the bare student model with ``load_state_dict``."""
+        return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+
+    # ------------------------------------------------------------------ forward and losses
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def forward_features(self, x: torch.Tensor):
+        """One forward of each network. Returns ``(student_logits, teacher_logits, student_feats,
+        teacher_feats)``; student features have passed the student-side BN; no teacher gradients."""
+        with torch.no_grad():
+            t_logits = self.teacher(x)
+            t_feats = self.teacher_taps.features
+        s_logits = self.student(x)
+        s_feats = [bn(f) for bn, f in zip(self.student_bns, self.student_taps.features)]
+        return s_logits, t_logits, s_feats, t_feats
+
+    def distillation_losses(self, s_feats: list[torch.Tensor], t_feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-tap weighted partial L2 (Eq. 5) between student and reduced teacher, scaled by
+        ``1 / (B * loss_factor)``."""
+        losses = []
+        for k, (s, t, groups, margin) in enumerate(zip(s_feats, t_feats, self.matchings, self.margins)):
+            reduced, red_margin = reduce_teacher_and_margin(
+                t, margin, groups, self.reducer, margin_reduction=self.margin_reduction
+            )
+            d = partial_l2(s, reduced, red_margin)
+            losses.append(d * (self.tap_weights[k] / (s.shape[0] * self.loss_factor)))
+        return losses
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = split_batch(batch)
+        s_logits, t_logits, s_feats, t_feats = self.forward_features(x)
+        ce = F.cross_entropy(s_logits, y)
+        loss = ce
+        logs = {"train/ce": ce.detach()}
+        if self.distill_weight > 0:
+            per_tap = self.distillation_losses(s_feats, t_feats)
+            distill = torch.stack(per_tap).sum()
+            loss = loss + self.distill_weight * distill
+            logs["train/distill"] = distill.detach()
+            logs.update({f"train/distill_tap{k}": v.detach() for k, v in enumerate(per_tap)})
+        if self.kd_weight > 0:
+            kd = kd_loss(s_logits, t_logits, self.kd_temperature)
+            loss = loss + self.kd_weight * kd
+            logs["train/kd"] = kd.detach()
+        logs["train/loss"] = loss.detach()
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        x, y = split_batch(batch)
+        logits = self.student(x)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+        for name in ("acc1", f"acc{self._top_k}"):
+            metric = self.metrics[f"{stage}_{name}"]
+            metric(logits, y)
+            self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "acc1")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self.student(split_batch(batch)[0]).softmax(dim=-1)
+
+    def configure_optimizers(self):
+        """SGD (momentum, Nesterov, weight decay) over the student and its tap BNs; step decay."""
+        hp = self.hparams
+        params = [p for p in list(self.student.parameters()) + list(self.student_bns.parameters()) if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0,
+            weight_decay=hp.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(hp.lr_milestones), gamma=hp.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,249 @@
+"""Feature taps: the pre-activation tensors at the paper's distillation positions (section 3.4).
+
+A :class:`Tap` names a submodule and says whether the feature is that module's *output* (forward
+hook) or the *input of its last call* (forward pre-hook). :class:`FeatureTaps` registers the hooks
+once; every normal forward of the model then leaves the tapped tensors in ``taps.features``: one
+forward pass per step, no re-running of partial networks.
+
+Presets, picked from the architecture (:func:`preset_taps`), at the last unit of each stage:
+
+==========================  ===========================================  ===============================
+architecture                tapped tensor                                 why
+==========================  ===========================================  ===============================
+torchvision ResNet          input of ``layerK[-1].relu`` at its last call  the residual sum before the
+(18/34/50/101/152)          (K = 1..4)                                    final ReLU (paper Fig. 3a);
+                                                                          the sum has no module, the
+                                                                          shared ReLU's last call takes it
+torchvision MobileNet-V2    output of the depthwise BN ``conv.1.1`` of    "the expanded intermediate
+                            the last inverted unit at each resolution     feature before ReLU6" (Fig. 3b)
+                            56, 28, 14, 7 (``features.3/6/13/17``)        at the unit's output resolution;
+                                                                          the 112 px stage is skipped
+torchvision ShuffleNet-V2   output of the last unit of ``stage2/3/4``     the unit output after channel
+                            (28, 14, 7 px)                                shuffle (Fig. 3c); the 56 px
+                                                                          stem is skipped
+package models              output of the ``nn.Identity`` modules listed  declared by the architecture
+(MobileNet-V1, CIFAR WRN,   in ``model.distillation_taps``                (see :mod:`mgd_lightning.models`)
+CIFAR ResNet)
+==========================  ===========================================  ===============================
+
+A tapped tensor must not be modified in place by the rest of the forward: each preset names the
+activation modules that would do so, and :class:`FeatureTaps` sets their ``inplace`` to ``False``
+(for taps given by name, every activation of the model). Nothing is cloned.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torchvision.models as tvm
+
+__all__ = ["Tap", "FeatureTaps", "preset_taps", "resolve_taps"]
+
+KINDS = ("output", "input")
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One distillation position.
+
+    Attributes:
+        module: name of the submodule, as in ``model.named_modules()``.
+        kind: ``"output"`` (the module's output) or ``"input"`` (the first positional input of the
+            module's last call in a forward: for a shared ReLU, the tensor it activates last).
+        non_inplace: activation modules to switch to ``inplace=False`` so the tapped tensor is
+            never overwritten.
+    """
+
+    module: str
+    kind: str = "output"
+    non_inplace: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Tap.kind must be one of {KINDS}; got {self.kind!r} for module {self.module!r}")
+
+
+def _resnet_taps(model: tvm.ResNet) -> list[Tap]:
+    taps = []
+    for k in range(1, 5):
+        layer = getattr(model, f"layer{k}")
+        name = f"layer{k}.{len(layer) - 1}.relu"
+        taps.append(Tap(name, "input", (name,)))
+    return taps
+
+
+def _mobilenet_v2_taps(model: tvm.MobileNetV2) -> list[Tap]:
+    # Inverted units grouped by resolution: a stride-2 unit starts a new group. The first group
+    # (the stem's 112 px resolution) is skipped, as in the paper.
+    groups: list[list[int]] = []
+    for idx, unit in enumerate(model.features):
+        if not isinstance(unit, tvm.mobilenetv2.InvertedResidual):
+            continue
+        if unit.stride == 2 or not groups:
+            groups.append([])
+        groups[-1].append(idx)
+    taps = []
+    for group in groups[1:]:
+        last = group[-1]
+        # conv = [expand ConvBNReLU6, depthwise ConvBNReLU6, project conv, project BN]
+        taps.append(Tap(f"features.{last}.conv.1.1", "output", (f"features.{last}.conv.1.2",)))
+    return taps
+
+
+def _shufflenet_v2_taps(model: tvm.ShuffleNetV2) -> list[Tap]:
+    return [Tap(f"stage{k}.{len(getattr(model, f'stage{k}')) - 1}", "output") for k in (2, 3, 4)]
+
+
+def preset_taps(model: nn.Module) -> list[Tap] | None:
+    """The paper's distillation positions for a known architecture, or ``None`` if unknown."""
+    declared = getattr(model, "distillation_taps", None)
+    if declared is not None:
+        return [Tap(name, "output") for name in declared]
+    if isinstance(model, tvm.ResNet):
+        return _resnet_taps(model)
+    if isinstance(model, tvm.MobileNetV2):
+        return _mobilenet_v2_taps(model)
+    if isinstance(model, tvm.ShuffleNetV2):
+        return _shufflenet_v2_taps(model)
+    return None
+
+
+def resolve_taps(model: nn.Module, taps: Sequence[str | Tap] | None, role: str = "model") -> list[Tap]:
+    """Turn user taps (names, ``"name:input"`` strings or :class:`Tap`) or ``None`` into checked taps.
+
+    ``None`` picks the preset (:func:`preset_taps`). Raises ``ValueError`` for an unknown
+    architecture without taps, or a name that is not a submodule (listing the valid names).
+    """
+    if taps is None:
+        preset = preset_taps(model)
+        if preset is None:
+            raise ValueError(
+                f"no preset distillation taps for {role} {type(model).__name__}; pass {role}_taps=[...] "
+                "with module names from model.named_modules() (a name, or 'name:input' for the input of "
+                "the module's last call)"
+            )
+        return preset
+    if isinstance(taps, (str, Tap)):
+        taps = [taps]
+    names = dict(model.named_modules())
+    activations = tuple(n for n, m in names.items() if n and hasattr(m, "inplace"))
+    resolved = []
+    for tap in taps:
+        if isinstance(tap, str):
+            name, _, kind = tap.partition(":")
+            tap = Tap(name, kind or "output", activations)
+        if tap.module not in names or not tap.module:
+            close = difflib.get_close_matches(tap.module, list(names), n=5)
+            valid = ", ".join(n for n in names if n)
+            raise ValueError(
+                f"{role}_taps: {tap.module!r} is not a submodule of {type(model).__name__}"
+                + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
+                + f". Valid names: {valid}"
+            )
+        resolved.append(tap)
+    if not resolved:
+        raise ValueError(f"{role}_taps must name at least one module; got an empty list")
+    return resolved
+
+
+class FeatureTaps:
+    """Hooks that keep the tapped tensors of the model's latest forward.
+
+    Args:
+        model: the network; activations named by the taps are switched to ``inplace=False``.
+        taps: resolved taps (:func:`resolve_taps`).
+
+    ``features`` is the list of tapped tensors of the most recent forward, in tap order; they are
+    the very tensors of the forward (autograd flows through them).
+    """
+
+    def __init__(self, model: nn.Module, taps: Sequence[Tap]) -> None:
+        self.taps = list(taps)
+        self._store: list[torch.Tensor | None] = [None] * len(self.taps)
+        modules = dict(model.named_modules())
+        for tap in self.taps:
+            for act in tap.non_inplace:
+                if hasattr(modules[act], "inplace"):
+                    modules[act].inplace = False
+        self._handles = [model.register_forward_pre_hook(self._clear)]
+        for i, tap in enumerate(self.taps):
+            module = modules[tap.module]
+            if tap.kind == "output":
+                self._handles.append(module.register_forward_hook(functools.partial(self._keep_output, i)))
+            else:
+                self._handles.append(module.register_forward_pre_hook(functools.partial(self._keep_input, i)))
+
+    def __getstate__(self) -> dict:
+        # Copies and pickles (deepcopy of a model, ddp_spawn) carry the hooks, not the last forward's
+        # tensors: those are non-leaf tensors that deepcopy refuses.
+        state = dict(self.__dict__)
+        state["_store"] = [None] * len(self.taps)
+        return state
+
+    def _clear(self, module: nn.Module, args: tuple) -> None:
+        self._store = [None] * len(self.taps)
+
+    # Hooks are bound methods wrapped in functools.partial (no closures), so models stay picklable
+    # for ddp_spawn.
+    def _keep_output(self, i: int, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._store[i] = output
+
+    def _keep_input(self, i: int, module: nn.Module, args: tuple) -> None:
+        self._store[i] = args[0]
+
+    @property
+    def features(self) -> list[torch.Tensor]:
+        missing = [t.module for t, f in zip(self.taps, self._store) if f is None]
+        if missing:
+            raise RuntimeError(f"taps {missing} were not reached by the last forward pass")
+        return list(self._store)  # type: ignore[arg-type]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def batchnorm_before_taps(model: nn.Module, taps: Sequence[Tap], example: torch.Tensor) -> list[nn.Module | None]:
+    """For each tap, the BatchNorm module executed last before the tapped tensor exists.
+
+    Found by tracing one forward of ``example``: the BN whose statistics describe the tapped
+    feature (for a ResNet block, the residual branch's last BN, as in the reference code). ``None``
+    when no BN ran before the tap or its channel count differs from the tapped tensor's.
+    """
+    modules = dict(model.named_modules())
+    events: list[tuple[str, object]] = []
+    handles = []
+    for name, module in modules.items():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            handles.append(module.register_forward_hook(
+                lambda m, a, o, n=name: events.append(("bn", n))))
+    for i, tap in enumerate(taps):
+        module = modules[tap.module]
+        if tap.kind == "output":
+            handles.append(module.register_forward_hook(
+                lambda m, a, o, i=i: events.append(("tap", (i, o.shape[1])))))
+        else:
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, i=i: events.append(("tap", (i, a[0].shape[1])))))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    found: list[nn.Module | None] = [None] * len(taps)
+    last_bn = None
+    for kind, value in events:
+        if kind == "bn":
+            last_bn = value
+        elif last_bn is not None:
+            i, channels = value
+            bn = modules[last_bn]
+            found[i] = bn if bn.num_features == channels else None
+    return found

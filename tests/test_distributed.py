@@ -1,0 +1,81 @@
+"""Two-process DDP on CPU (gloo): sharded matching pass, identical matchings on every rank."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from mgd_lightning import DistillationModule, MGDMatchingCallback
+from tests.toys import ToyNet, digits_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Recorder(pl.Callback):
+    """Saves what the matching callback did on this rank (runs after it at epoch start)."""
+
+    def __init__(self, cb, out):
+        self.cb, self.out = cb, out
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            torch.save(
+                {"indices": self.cb.last_indices, "costs": self.cb.last_costs, "images": self.cb.last_num_images,
+                 "matchings": [g.clone() for g in pl_module.matchings], "world": trainer.world_size},
+                self.out / f"rank{trainer.global_rank}.pt",
+            )
+
+
+def _fit(tmp_path, out, **kwargs):
+    out.mkdir()
+    torch.manual_seed(0)
+    module = DistillationModule(ToyNet((12, 24)), ToyNet((5, 7)))
+    cb = MGDMatchingCallback(num_samples=90, seed=7)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[cb, _Recorder(cb, out)], **kwargs,
+    )
+    trainer.fit(module, DataLoader(digits_dataset(limit=200), batch_size=16))
+
+
+def test_two_ranks_share_the_pass_and_agree(tmp_path):
+    _fit(tmp_path, tmp_path / "ddp", devices=2, strategy="ddp_fork")
+    _fit(tmp_path, tmp_path / "single")
+    r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1))
+    one = torch.load(tmp_path / "single" / "rank0.pt")
+    assert r0["world"] == r1["world"] == 2
+    # each rank ran half of the subset, disjoint, together exactly the one-process subset
+    assert len(r0["indices"]) == len(r1["indices"]) == 45
+    assert not set(r0["indices"]) & set(r1["indices"])
+    assert sorted(r0["indices"] + r1["indices"]) == sorted(one["indices"])
+    assert r0["images"] == r1["images"] == one["images"] == 90
+    # combined cost equals the one-process cost; identical matchings everywhere
+    for k in range(2):
+        torch.testing.assert_close(r0["costs"][k], one["costs"][k], rtol=1e-10, atol=1e-8)
+        torch.testing.assert_close(r1["costs"][k], one["costs"][k], rtol=1e-10, atol=1e-8)
+        assert torch.equal(r0["matchings"][k], r1["matchings"][k])
+        assert torch.equal(r0["matchings"][k], one["matchings"][k])
+
+
+def test_must_show_example_with_ddp(tmp_path):
+    """resnet50 -> mobilenet_v2 with a plain Trainer, devices=2, strategy="ddp"."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "scripts" / "must_show.py"), str(tmp_path), "2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["epochs"] == r1["epochs"] == [0]
+    assert len(r0["matchings"]) == 4
+    for a, b in zip(r0["matchings"], r1["matchings"]):
+        assert torch.equal(a, b)
+    assert not set(r0["indices"]) & set(r1["indices"]) and r0["images"] == 24
+    assert (tmp_path / "lightning_logs").is_dir()
