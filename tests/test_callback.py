@@ -194,3 +194,11 @@ def test_short_fit_on_real_images_lowers_the_distillation_loss(tmp_path):
     trainer = _trainer(tmp_path, max_epochs=4, callbacks=[cb, Probe()])
     trainer.fit(m, DataLoader(data, batch_size=32, shuffle=True))
     assert distill_loss() < 0.7 * losses[0], losses
+
+
+def test_bf16_mixed_precision_pass_and_training(tmp_path):
+    cb = MGDMatchingCallback()
+    m = _module()
+    _trainer(tmp_path, callbacks=[cb], precision="bf16-mixed", limit_train_batches=2).fit(m, *_loaders())
+    assert cb.last_costs[0].dtype == torch.float64 and bool(torch.isfinite(cb.last_costs[0]).all())
+    assert cb.history[0]["images"] == 96

@@ -145,3 +145,27 @@ def test_unknown_architecture_needs_taps():
     plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
     with pytest.raises(ValueError, match="no preset distillation taps for student Sequential"):
         DistillationModule(ToyNet((12, 24)), plain)
+
+
+PAPER_PAIRS = [
+    ("resnet50", "mobilenet_v2", [(144, 256, 56), (192, 512, 28), (576, 1024, 14), (960, 2048, 7)]),
+    ("resnet50", "shufflenet_v2_x1_0", [(116, 512, 28), (232, 1024, 14), (464, 2048, 7)]),
+    ("resnet152", "resnet50", [(256, 256, 56), (512, 512, 28), (1024, 1024, 14), (2048, 2048, 7)]),
+    ("resnet50", "resnet18", [(64, 256, 56), (128, 512, 28), (256, 1024, 14), (512, 2048, 7)]),
+    ("resnet50", "mobilenet_v1", [(128, 256, 56), (256, 512, 28), (512, 1024, 14), (1024, 2048, 7)]),
+]
+
+
+@pytest.mark.parametrize(("teacher", "student", "shapes"), PAPER_PAIRS, ids=[f"{t}-{s}" for t, s, _ in PAPER_PAIRS])
+def test_paper_pairs_get_equal_spatial_sizes_from_presets(teacher, student, shapes):
+    import torchvision
+
+    from mgd_lightning import models
+
+    build = {"mobilenet_v1": models.mobilenet_v1}
+    t = torchvision.models.get_model(teacher, num_classes=10)
+    s = build[student](num_classes=10) if student in build else torchvision.models.get_model(student, num_classes=10)
+    m = DistillationModule(t, s)
+    assert [(c_s, c_t, h) for c_s, c_t, h, w in m.tap_shapes] == shapes
+    assert all(h == w for _, _, h, w in m.tap_shapes)
+    assert all(mg is not None and bool((mg < 0).all()) for mg in m.margins)

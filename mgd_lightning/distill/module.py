@@ -7,12 +7,14 @@ section 3.4); this module holds it in persistent buffers and applies it in every
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torchmetrics.classification import MulticlassAccuracy
 
 from mgd_lightning.losses import kd_loss, margin_from_bn, partial_l2
@@ -213,6 +215,13 @@ class DistillationModule(pl.LightningModule):
         super().train(mode)
         self.teacher.eval()
         return self
+
+    def on_fit_start(self) -> None:
+        # The frozen teacher is in eval mode by design; Lightning's generic warning about modules in
+        # eval mode at the start of training would only point at it.
+        warnings.filterwarnings(
+            "ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning
+        )
 
     @property
     def matchings(self) -> list[torch.Tensor]:
