@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-__all__ = ["Tap", "FeatureTaps", "preset_taps", "resolve_taps"]
+__all__ = ["Tap", "FeatureTaps", "preset_taps", "resolve_taps", "batchnorm_before_taps"]
 
 KINDS = ("output", "input")
 
@@ -137,6 +137,9 @@ def resolve_taps(model: nn.Module, taps: Sequence[str | Tap] | None, role: str =
         if isinstance(tap, str):
             name, _, kind = tap.partition(":")
             tap = Tap(name, kind or "output", activations)
+        unknown = [a for a in tap.non_inplace if a not in names]
+        if unknown:
+            raise ValueError(f"{role}_taps: Tap({tap.module!r}).non_inplace names unknown modules {unknown}")
         if tap.module not in names or not tap.module:
             close = difflib.get_close_matches(tap.module, list(names), n=5)
             valid = ", ".join(n for n in names if n)
@@ -165,6 +168,7 @@ class FeatureTaps:
     def __init__(self, model: nn.Module, taps: Sequence[Tap]) -> None:
         self.taps = list(taps)
         self._store: list[torch.Tensor | None] = [None] * len(self.taps)
+        self._versions: list[int] = [0] * len(self.taps)
         modules = dict(model.named_modules())
         for tap in self.taps:
             for act in tap.non_inplace:
@@ -183,6 +187,7 @@ class FeatureTaps:
         # tensors: those are non-leaf tensors that deepcopy refuses.
         state = dict(self.__dict__)
         state["_store"] = [None] * len(self.taps)
+        state["_versions"] = [0] * len(self.taps)
         return state
 
     def _clear(self, module: nn.Module, args: tuple) -> None:
@@ -192,15 +197,24 @@ class FeatureTaps:
     # for ddp_spawn.
     def _keep_output(self, i: int, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         self._store[i] = output
+        self._versions[i] = output._version
 
     def _keep_input(self, i: int, module: nn.Module, args: tuple) -> None:
         self._store[i] = args[0]
+        self._versions[i] = args[0]._version
 
     @property
     def features(self) -> list[torch.Tensor]:
         missing = [t.module for t, f in zip(self.taps, self._store) if f is None]
         if missing:
             raise RuntimeError(f"taps {missing} were not reached by the last forward pass")
+        changed = [t.module for t, f, v in zip(self.taps, self._store, self._versions) if f._version != v]
+        if changed:
+            raise RuntimeError(
+                f"taps {changed}: the tapped tensor was modified in place later in the forward (e.g. "
+                "`out += identity` after a ResNet block's last BN), so it no longer holds the value at the tap; "
+                "tap another position, e.g. the input of the following module with 'name:input'"
+            )
         return list(self._store)  # type: ignore[arg-type]
 
     def remove(self) -> None:
