@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "DistillationModule": "mgd_lightning.distill.module",
     "MGDMatchingCallback": "mgd_lightning.distill.callback",
+    "ClassificationModule": "mgd_lightning.distill.classifier",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -169,3 +169,18 @@ def test_paper_pairs_get_equal_spatial_sizes_from_presets(teacher, student, shap
     assert [(c_s, c_t, h) for c_s, c_t, h, w in m.tap_shapes] == shapes
     assert all(h == w for _, _, h, w in m.tap_shapes)
     assert all(mg is not None and bool((mg < 0).all()) for mg in m.margins)
+
+
+def test_classification_module_trains_and_shares_the_recipe(tmp_path):
+    from mgd_lightning import ClassificationModule
+
+    torch.manual_seed(0)
+    m = ClassificationModule(ToyNet((8, 16)), lr=0.1, lr_milestones=[1])
+    assert m.hparams.lr == 0.1 and m._top_k == 5
+    data = digits_dataset(limit=128)
+    trainer = _trainer(tmp_path, max_epochs=2)
+    trainer.fit(m, DataLoader(data, batch_size=32, shuffle=True), DataLoader(data, batch_size=64))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01)
+    assert "val/acc1" in trainer.callback_metrics and "val/acc5" in trainer.callback_metrics
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        ClassificationModule(ToyNet(), lr=0)

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Subset
 
 from mgd_lightning.matching import METRICS, assignment_cost, channel_cost
 
-from .module import DistillationModule, split_batch
+from .classifier import split_batch
+from .module import DistillationModule
 
 __all__ = ["MGDMatchingCallback"]
 
@@ -87,10 +88,8 @@ class MGDMatchingCallback(pl.Callback):
         return last < 0 or epoch - last >= self.update_every_n_epochs
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not isinstance(pl_module, DistillationModule):
-            raise TypeError(f"MGDMatchingCallback needs a DistillationModule; got {type(pl_module).__name__}")
-        if pl_module.assignment is None:
-            return  # matching=False: the fixed grouping ablation
+        if not isinstance(pl_module, DistillationModule) or pl_module.assignment is None:
+            return  # plain training, or matching=False (the fixed grouping ablation): nothing to match
         if self.is_due(trainer.current_epoch, pl_module):
             self.update_matching(trainer, pl_module)
 

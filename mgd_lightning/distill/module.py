@@ -7,20 +7,17 @@ section 3.4); this module holds it in persistent buffers and applies it in every
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 
-import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pytorch_lightning.utilities.warnings import PossibleUserWarning
-from torchmetrics.classification import MulticlassAccuracy
 
 from mgd_lightning.losses import kd_loss, margin_from_bn, partial_l2
 from mgd_lightning.matching import balanced_assignment, contiguous_groups, sparse_assignment
 from mgd_lightning.reduction import MARGIN_REDUCTIONS, METHODS, reduce_teacher_and_margin
 
+from .classifier import ClassificationModule, split_batch
 from .taps import FeatureTaps, Tap, batchnorm_before_taps, resolve_taps
 
 __all__ = ["DistillationModule"]
@@ -38,23 +35,7 @@ def _default_input_size(*models: nn.Module) -> tuple[int, int, int]:
     return (3, 224, 224)
 
 
-def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(inputs, targets)`` from a batch given as a tensor, a (x, y, ...) sequence or a dict."""
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, (list, tuple)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    if isinstance(batch, dict):
-        for xk, yk in (("image", "label"), ("x", "y"), ("input", "target")):
-            if xk in batch:
-                return batch[xk], batch.get(yk)
-    raise ValueError(
-        f"cannot find inputs in a batch of type {type(batch).__name__}: use a tensor, an (x, y) tuple, "
-        "or a dict with 'image'/'label' keys"
-    )
-
-
-class DistillationModule(pl.LightningModule):
+class DistillationModule(ClassificationModule):
     """Matching Guided Distillation of ``teacher`` into ``student``.
 
     Loss per step (Eq. 2): ``CE(student) + distill_weight * sum_k w_k d_p(BN_k(S_k),
@@ -110,16 +91,17 @@ class DistillationModule(pl.LightningModule):
         lr_gamma: float = 0.1,
         num_classes: int | None = None,
     ) -> None:
-        super().__init__()
         if reducer not in METHODS:
             raise ValueError(f"reducer must be one of {METHODS}; got {reducer!r}")
         if margin_reduction not in MARGIN_REDUCTIONS:
             raise ValueError(f"margin_reduction must be one of {MARGIN_REDUCTIONS}; got {margin_reduction!r}")
         if loss_factor <= 0:
             raise ValueError(f"loss_factor must be > 0; got {loss_factor}")
-        self.save_hyperparameters(ignore=["teacher", "student"])
+        super().__init__(
+            student, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+            lr_milestones=lr_milestones, lr_gamma=lr_gamma, num_classes=num_classes,
+        )
         self.teacher = teacher
-        self.student = student
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.reducer = reducer
@@ -141,7 +123,7 @@ class DistillationModule(pl.LightningModule):
 
         size = tuple(input_size) if input_size is not None else _default_input_size(student, teacher)
         example = torch.zeros(1, *size, device=next(teacher.parameters()).device)
-        t_shapes, s_shapes, n_out = self._probe(example)
+        t_shapes, s_shapes = self._probe(example)
         for k, (tt, st, ts, ss) in enumerate(zip(t_taps, s_taps, t_shapes, s_shapes)):
             if ts[2:] != ss[2:]:
                 raise ValueError(
@@ -187,13 +169,6 @@ class DistillationModule(pl.LightningModule):
         self.kd_weight = float(kd_weight)
         self.kd_temperature = float(kd_temperature)
 
-        num_classes = int(num_classes or n_out)
-        top_k = min(5, num_classes)
-        self.metrics = nn.ModuleDict({
-            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k)
-            for stage in ("val", "test") for name, k in (("acc1", 1), (f"acc{top_k}", top_k))
-        })
-        self._top_k = top_k
 
     # ------------------------------------------------------------------ construction helpers
     def _probe(self, example: torch.Tensor):
@@ -203,11 +178,11 @@ class DistillationModule(pl.LightningModule):
             with torch.no_grad():
                 self.teacher(example)
                 t_shapes = [f.shape for f in self.teacher_taps.features]
-                logits = self.student(example.to(next(self.student.parameters()).device))
+                self.student(example.to(next(self.student.parameters()).device))
                 s_shapes = [f.shape for f in self.student_taps.features]
         finally:
             self.student.train(was_training)
-        return t_shapes, s_shapes, logits.shape[-1]
+        return t_shapes, s_shapes
 
     # ------------------------------------------------------------------ state
     def train(self, mode: bool = True):
@@ -216,12 +191,10 @@ class DistillationModule(pl.LightningModule):
         self.teacher.eval()
         return self
 
-    def on_fit_start(self) -> None:
-        # The frozen teacher is in eval mode by design; Lightning's generic warning about modules in
-        # eval mode at the start of training would only point at it.
-        warnings.filterwarnings(
-            "ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning
-        )
+    @property
+    def student(self) -> nn.Module:
+        """The trainable network (stored as ``self.model``, shared with ClassificationModule)."""
+        return self.model
 
     @property
     def matchings(self) -> list[torch.Tensor]:
@@ -254,9 +227,6 @@ class DistillationModule(pl.LightningModule):
         return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
 
     # ------------------------------------------------------------------ forward and losses
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student(x)
-
     def forward_features(self, x: torch.Tensor):
         """One forward of each network. Returns ``(student_logits, teacher_logits, student_feats,
         teacher_feats)``; student features have passed the student-side BN; no teacher gradients."""
@@ -299,31 +269,6 @@ class DistillationModule(pl.LightningModule):
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
         return loss
 
-    def _eval_step(self, batch, stage: str) -> None:
-        x, y = split_batch(batch)
-        logits = self.student(x)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True, batch_size=x.shape[0])
-        for name in ("acc1", f"acc{self._top_k}"):
-            metric = self.metrics[f"{stage}_{name}"]
-            metric(logits, y)
-            self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "acc1")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self.student(split_batch(batch)[0]).softmax(dim=-1)
-
-    def configure_optimizers(self):
-        """SGD (momentum, Nesterov, weight decay) over the student and its tap BNs; step decay."""
-        hp = self.hparams
-        params = [p for p in list(self.student.parameters()) + list(self.student_bns.parameters()) if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0,
-            weight_decay=hp.weight_decay,
-        )
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(hp.lr_milestones), gamma=hp.lr_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+    def trainable_modules(self) -> list[nn.Module]:
+        """The student and its tap BatchNorms; never the teacher."""
+        return [self.student, self.student_bns]
