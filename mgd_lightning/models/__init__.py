@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from mgd_lightning.models.cifarresnet import CifarBasicBlock, CifarResNet, cifar_resnet, resnet56
 from mgd_lightning.models.mobilenetv1 import DepthwiseSeparableBlock, MobileNetV1, mobilenet_v1
+from mgd_lightning.models.registry import PACKAGE_MODELS, available_models, build_model, weights_path
 from mgd_lightning.models.wideresnet import (
     WideBasicBlock,
     WideResNet,
@@ -25,6 +26,10 @@ from mgd_lightning.models.wideresnet import (
 )
 
 __all__ = [
+    "PACKAGE_MODELS",
+    "available_models",
+    "build_model",
+    "weights_path",
     "CifarBasicBlock",
     "CifarResNet",
     "DepthwiseSeparableBlock",

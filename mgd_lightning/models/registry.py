@@ -1,0 +1,141 @@
+"""Models by name: torchvision's model registry plus the package's own architectures.
+
+:func:`build_model` is what the CLI configs use::
+
+    model:
+      class_path: mgd_lightning.DistillationModule
+      init_args:
+        teacher:
+          class_path: mgd_lightning.models.build_model
+          init_args: {name: resnet50, num_classes: 200, checkpoint: runs/teacher/best.ckpt}
+        student:
+          class_path: mgd_lightning.models.build_model
+          init_args: {name: mobilenet_v2, num_classes: 200, weights: IMAGENET1K_V1}
+
+No download happens at run time: torchvision weights must already be in the torch hub cache
+(``torch.hub.get_dir()/checkpoints``); a missing file is an error that says which file and where.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from .cifarresnet import cifar_resnet, resnet56
+from .mobilenetv1 import mobilenet_v1
+from .wideresnet import wide_resnet, wrn_16_2, wrn_16_4, wrn_28_2, wrn_28_4
+
+__all__ = ["PACKAGE_MODELS", "build_model", "available_models", "weights_path"]
+
+PACKAGE_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mobilenet_v1": mobilenet_v1,
+    "wide_resnet": wide_resnet,
+    "wrn_28_4": wrn_28_4,
+    "wrn_16_4": wrn_16_4,
+    "wrn_28_2": wrn_28_2,
+    "wrn_16_2": wrn_16_2,
+    "cifar_resnet": cifar_resnet,
+    "resnet56": resnet56,
+}
+
+
+def available_models() -> list[str]:
+    """Every name :func:`build_model` accepts."""
+    return sorted(set(PACKAGE_MODELS) | set(torchvision.models.list_models(torchvision.models)))
+
+
+def weights_path(url: str) -> Path:
+    """Where torchvision looks for a weight file offline: ``<torch hub dir>/checkpoints/<file name>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> None:
+    name, head = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    if head.out_features == num_classes:
+        return
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], nn.Linear(head.in_features, num_classes))
+
+
+def _load_checkpoint(model: nn.Module, checkpoint: str, prefix: str) -> None:
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint
+        state = state["state_dict"]
+        if prefix:
+            picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not picked:
+                prefixes = sorted({k.split(".")[0] + "." for k in state})
+                raise ValueError(
+                    f"checkpoint={checkpoint!r} has no keys under checkpoint_prefix={prefix!r}; its prefixes "
+                    f"are {prefixes} (a ClassificationModule run stores 'model.', a DistillationModule run "
+                    "stores the student under 'model.' and the teacher under 'teacher.')"
+                )
+            state = picked
+    model.load_state_dict(state)
+
+
+def build_model(
+    name: str,
+    num_classes: int = 1000,
+    weights: str | None = None,
+    checkpoint: str | None = None,
+    checkpoint_prefix: str = "model.",
+) -> nn.Module:
+    """Build a network by name, optionally with pre-trained weights or an earlier run's checkpoint.
+
+    Args:
+        name: a torchvision model name (``resnet50``, ``mobilenet_v2``, ``shufflenet_v2_x1_0``, ...) or a
+            package model (``mobilenet_v1``, ``wrn_28_4``, ``wrn_16_2``, ``resnet56``, ...).
+        num_classes: output classes. With ``weights`` trained on another number of classes, the
+            classifier head is replaced by a fresh ``nn.Linear`` (fine-tuning).
+        weights: a torchvision weight name for this model, e.g. ``"IMAGENET1K_V1"`` or ``"DEFAULT"``;
+            the file must be in the torch hub cache (no download here).
+        checkpoint: a ``state_dict`` file, or a Lightning checkpoint whose keys under
+            ``checkpoint_prefix`` are loaded (e.g. the fine-tuned teacher of an earlier run).
+        checkpoint_prefix: key prefix inside a Lightning checkpoint (``"model."``: the trained network
+            of a ClassificationModule or the student of a DistillationModule; ``"teacher."``).
+
+    Returns:
+        The ``nn.Module``.
+    """
+    if name in PACKAGE_MODELS:
+        if weights is not None:
+            raise ValueError(f"weights={weights!r}: the package model {name!r} has no published weights; "
+                             "use checkpoint=... with a file of your own")
+        model = PACKAGE_MODELS[name](num_classes=num_classes)
+    else:
+        try:
+            builder = torchvision.models.get_model_builder(name)
+        except ValueError:
+            raise ValueError(
+                f"name={name!r} is not a known model; available: {', '.join(available_models())}"
+            ) from None
+        if weights is None:
+            model = builder(num_classes=num_classes)
+        else:
+            enum = torchvision.models.get_model_weights(name)
+            try:
+                weight = enum[weights]
+            except KeyError:
+                valid = ", ".join(w.name for w in enum) + ", DEFAULT"
+                raise ValueError(f"weights={weights!r} is not a weight of {name}; valid: {valid}") from None
+            target = weights_path(weight.url)
+            if not target.is_file():
+                raise FileNotFoundError(
+                    f"weights {name}/{weight.name} are not available offline: expected the file {target} "
+                    f"(torch hub cache). Download {weight.url} on a machine with internet and copy it there, "
+                    "or set TORCH_HOME to a directory whose hub/checkpoints/ holds it."
+                )
+            model = builder(weights=weight)
+            _replace_head(model, num_classes)
+    if checkpoint is not None:
+        _load_checkpoint(model, checkpoint, checkpoint_prefix)
+    return model
