@@ -88,6 +88,7 @@ def build_model(
     weights: str | None = None,
     checkpoint: str | None = None,
     checkpoint_prefix: str = "model.",
+    arch_args: dict | None = None,
 ) -> nn.Module:
     """Build a network by name, optionally with pre-trained weights or an earlier run's checkpoint.
 
@@ -102,6 +103,8 @@ def build_model(
             ``checkpoint_prefix`` are loaded (e.g. the fine-tuned teacher of an earlier run).
         checkpoint_prefix: key prefix inside a Lightning checkpoint (``"model."``: the trained network
             of a ClassificationModule or the student of a DistillationModule; ``"teacher."``).
+        arch_args: extra keyword arguments of the builder, e.g. ``{depth: 20, width: 2}`` for
+            ``cifar_resnet`` or ``{width_mult: 0.5}`` for ``mobilenet_v2``.
 
     Returns:
         The ``nn.Module``.
@@ -110,7 +113,7 @@ def build_model(
         if weights is not None:
             raise ValueError(f"weights={weights!r}: the package model {name!r} has no published weights; "
                              "use checkpoint=... with a file of your own")
-        model = PACKAGE_MODELS[name](num_classes=num_classes)
+        model = PACKAGE_MODELS[name](num_classes=num_classes, **(arch_args or {}))
     else:
         try:
             builder = torchvision.models.get_model_builder(name)
@@ -119,7 +122,7 @@ def build_model(
                 f"name={name!r} is not a known model; available: {', '.join(available_models())}"
             ) from None
         if weights is None:
-            model = builder(num_classes=num_classes)
+            model = builder(num_classes=num_classes, **(arch_args or {}))
         else:
             enum = torchvision.models.get_model_weights(name)
             try:
@@ -134,7 +137,7 @@ def build_model(
                     f"(torch hub cache). Download {weight.url} on a machine with internet and copy it there, "
                     "or set TORCH_HOME to a directory whose hub/checkpoints/ holds it."
                 )
-            model = builder(weights=weight)
+            model = builder(weights=weight, **(arch_args or {}))
             _replace_head(model, num_classes)
     if checkpoint is not None:
         _load_checkpoint(model, checkpoint, checkpoint_prefix)
