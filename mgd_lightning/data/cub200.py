@@ -1,0 +1,185 @@
+"""CUB-200-2011 (Caltech-UCSD Birds, 200 classes, 5,994 train / 5,794 test images), the paper's fine-grained set."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from .base import ImageDataModule
+from .datasets import ImageFileDataset, folder_split_classes, scan_split
+from .transforms import imagenet_transforms
+
+__all__ = ["CUB200DataModule", "CUB_LAYOUTS", "detect_cub_layout"]
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
+
+CUB_LAYOUTS = """expected one of these CUB-200 layouts:
+  (1) the official CUB_200_2011 archive, at root or at root/CUB_200_2011/:
+        images/<class_dir>/<file>.jpg
+        images.txt              lines '<image id> <path relative to images/>'
+        image_class_labels.txt  lines '<image id> <class id 1..200>'
+        train_test_split.txt    lines '<image id> <1 train | 0 test>'
+        classes.txt             lines '<class id> <class name>'
+  (2) train/valid image folders (the reference code's layout):
+        train/<class>/*.jpg
+        valid/<class>/*.jpg"""
+
+
+def _read_pairs(path: Path, what: str) -> dict[int, str]:
+    """``{id: rest of line}`` of a CUB ``'<id> <value>'`` text file; ``ValueError`` on a malformed line."""
+    pairs: dict[int, str] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ValueError(f"{path}, line {lineno}: expected '<id> <{what}>', got {line!r}; {CUB_LAYOUTS}")
+        key = int(parts[0])
+        if key in pairs:
+            raise ValueError(f"{path}, line {lineno}: id {key} appears twice")
+        pairs[key] = parts[1].strip()
+    if not pairs:
+        raise ValueError(f"{path} is empty; {CUB_LAYOUTS}")
+    return pairs
+
+
+def _read_ints(path: Path, what: str, allowed: range) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for key, value in _read_pairs(path, what).items():
+        if not value.isdigit() or int(value) not in allowed:
+            raise ValueError(
+                f"{path}: image {key} has {what} {value!r}, expected an integer in {allowed.start}..{allowed.stop - 1}"
+            )
+        out[key] = int(value)
+    return out
+
+
+def detect_cub_layout(root: str | Path) -> tuple[str, Path]:
+    """``("official", dir)`` or ``("folders", dir)`` for a CUB-200 root; ``FileNotFoundError`` names what is missing."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"CUB-200 root {root} {what}; {CUB_LAYOUTS}")
+    for candidate in (root, root / "CUB_200_2011"):
+        expected = ("images", *OFFICIAL_FILES)
+        present = [name for name in expected if (candidate / name).exists()]
+        if present:
+            missing = [name + ("/" if name == "images" else "") for name in expected if name not in present]
+            if missing or not (candidate / "images").is_dir():
+                missing = missing or ["images/ (a directory)"]
+                raise FileNotFoundError(
+                    f"incomplete CUB_200_2011 archive at {candidate}: missing {', '.join(missing)}; {CUB_LAYOUTS}"
+                )
+            return "official", candidate
+    folders = [root / "train", root / "valid"]
+    if any(f.is_dir() for f in folders):
+        missing = [f"{f.name}/" for f in folders if not f.is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"incomplete train/valid layout at {root}: missing {', '.join(missing)}; {CUB_LAYOUTS}"
+            )
+        return "folders", root
+    entries = sorted(os.listdir(root))
+    held = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "") if entries else "nothing"
+    raise FileNotFoundError(f"no CUB-200 layout found at {root} (it holds: {held}); {CUB_LAYOUTS}")
+
+
+class CUB200DataModule(ImageDataModule):
+    """CUB-200-2011 with the paper's transforms (random 224 crop of a 256 resize + flip; centre crop to evaluate).
+
+    The layout under ``root`` is detected: the official archive (``root`` is ``CUB_200_2011/`` or holds it;
+    split by ``train_test_split.txt``), or the reference code's ``train/<class>/`` + ``valid/<class>/`` image
+    folders. ``num_classes`` (200 for the real set) comes from ``classes.txt`` or the ``train/`` class folders;
+    ``classes`` holds the names. A missing or malformed layout raises ``FileNotFoundError`` / ``ValueError``
+    at construction, naming the expected layouts and what is missing.
+
+    Args:
+        root: the data set folder (see above).
+        batch_size, num_workers, pin_memory: of the loaders (:class:`~mgd_lightning.data.base.ImageDataModule`).
+        image_size: side of the square crop (224 in the paper).
+        resize_size: short side after resizing, before the crop (256 in the paper).
+
+    Example, in a LightningCLI config:
+
+    ```yaml
+    data:
+      class_path: mgd_lightning.data.CUB200DataModule
+      init_args: {root: /data/CUB_200_2011, batch_size: 32, num_workers: 8}
+    ```
+    """
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        image_size: int = 224,
+        resize_size: int = 256,
+    ) -> None:
+        super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        if resize_size < image_size:
+            raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size})")
+        self.image_size = image_size
+        self.resize_size = resize_size
+        self.layout, self.data_dir = detect_cub_layout(root)
+        self._official: tuple[list[tuple[str, int]], list[tuple[str, int]]] | None = None
+        if self.layout == "official":
+            self.classes, train, test = self._read_official(self.data_dir)
+            self._official = (train, test)
+        else:
+            self.classes = folder_split_classes(self.data_dir / "train", self.data_dir / "valid", CUB_LAYOUTS)
+        self.num_classes = len(self.classes)
+        self.input_size = (3, image_size, image_size)
+        log.info("CUB-200: %s layout at %s, %d classes", self.layout, self.data_dir, self.num_classes)
+        self.save_hyperparameters()
+
+    @staticmethod
+    def _read_official(data_dir: Path) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+        classes = _read_pairs(data_dir / "classes.txt", "class name")
+        if sorted(classes) != list(range(1, len(classes) + 1)):
+            raise ValueError(f"{data_dir / 'classes.txt'}: class ids must be 1..{len(classes)}, each once")
+        images = _read_pairs(data_dir / "images.txt", "relative image path")
+        labels = _read_ints(data_dir / "image_class_labels.txt", "class id", range(1, len(classes) + 1))
+        split = _read_ints(data_dir / "train_test_split.txt", "train flag", range(0, 2))
+        for name, ids in (("image_class_labels.txt", labels), ("train_test_split.txt", split)):
+            if ids.keys() != images.keys():
+                lacking = sorted(images.keys() - ids.keys())
+                unknown = sorted(ids.keys() - images.keys())
+                raise ValueError(
+                    f"{data_dir / name} does not list the image ids of images.txt: "
+                    f"{len(lacking)} missing (e.g. {lacking[:3]}), {len(unknown)} unknown (e.g. {unknown[:3]})"
+                )
+        image_dir = data_dir / "images"
+        train = [(str(image_dir / images[i]), labels[i] - 1) for i in sorted(images) if split[i] == 1]
+        test = [(str(image_dir / images[i]), labels[i] - 1) for i in sorted(images) if split[i] == 0]
+        for what, samples in (("training", train), ("test", test)):
+            if not samples:
+                raise ValueError(f"{data_dir / 'train_test_split.txt'} marks no {what} images")
+        return [classes[k] for k in sorted(classes)], train, test
+
+    def _samples(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        if self._official is not None:
+            train, test = self._official
+            missing = [path for path, _ in train + test if not os.path.isfile(path)]
+            if missing:
+                raise FileNotFoundError(
+                    f"{len(missing)} image(s) listed in {self.data_dir / 'images.txt'} are missing, "
+                    f"e.g. {', '.join(missing[:3])}; {CUB_LAYOUTS}"
+                )
+            return train, test
+        train_dir, valid_dir = self.data_dir / "train", self.data_dir / "valid"
+        return scan_split(train_dir, self.classes, CUB_LAYOUTS), scan_split(valid_dir, self.classes, CUB_LAYOUTS)
+
+    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        train, test = self._samples()
+        train_tf = imagenet_transforms(True, self.image_size, self.resize_size)
+        eval_tf = imagenet_transforms(False, self.image_size, self.resize_size)
+        train_set = ImageFileDataset(train, train_tf)
+        return train_set, ImageFileDataset(test, eval_tf), train_set.with_transform(eval_tf)

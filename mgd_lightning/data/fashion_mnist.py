@@ -1,0 +1,220 @@
+"""Fashion-MNIST (10 classes, 60,000 train / 10,000 test 28x28 grey images), read from IDX files with numpy.
+
+Looked for, in order: the Debian package's files (``apt-get install dataset-fashion-mnist``:
+``/usr/share/datasets/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``), then torchvision's
+layout under ``root`` (``root/FashionMNIST/raw/*-ubyte[.gz]``), then a torchvision download when asked.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .base import ImageDataModule, seeded_subset
+from .datasets import TensorImageDataset
+from .transforms import FASHION_MNIST_MEAN, FASHION_MNIST_STD, grey_transforms
+
+__all__ = [
+    "DEFAULT_FASHION_MNIST_PATHS",
+    "FASHION_MNIST_CLASSES",
+    "FashionMNISTDataModule",
+    "find_fashion_mnist",
+    "read_idx",
+]
+
+log = logging.getLogger(__name__)
+
+#: where the Debian package ``dataset-fashion-mnist`` puts the files.
+DEFAULT_FASHION_MNIST_PATHS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+# IDX type codes -> big-endian numpy dtypes.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (gzipped when the name ends in ``.gz``) as a numpy array in native byte order.
+
+    Format: magic ``0x00 0x00 <type code> <ndim>``, then ``ndim`` big-endian uint32 sizes, then the data,
+    big-endian. ``ValueError`` for a bad magic number or a size that does not match the data.
+    """
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    count = int(np.prod(dims, dtype=np.int64))
+    if len(raw) - header != count * dtype.itemsize:
+        raise ValueError(f"{path}: IDX header says {dims} x {dtype.itemsize} bytes, file has {len(raw) - header}")
+    data = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def _idx_file(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _candidates(search_paths: Sequence[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in search_paths:
+        p = Path(p).expanduser()
+        out += [p, p / "FashionMNIST" / "raw"]
+    return out
+
+
+def find_fashion_mnist(search_paths: Sequence[str | Path] | None = None) -> Path | None:
+    """The first folder holding the four Fashion-MNIST IDX files (plain or ``.gz``), or ``None``.
+
+    Each of ``search_paths`` (default: :data:`DEFAULT_FASHION_MNIST_PATHS`, the Debian package's folder) is
+    tried as it is, then as a torchvision root (``<path>/FashionMNIST/raw``).
+    """
+    paths = DEFAULT_FASHION_MNIST_PATHS if search_paths is None else search_paths
+    for directory in _candidates(paths):
+        if all(_idx_file(directory, stem) is not None for stem in FASHION_MNIST_FILES):
+            return directory
+    return None
+
+
+def _load_split(directory: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images_path = _idx_file(directory, f"{prefix}-images-idx3-ubyte")
+    labels_path = _idx_file(directory, f"{prefix}-labels-idx1-ubyte")
+    assert images_path is not None and labels_path is not None
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
+    if labels.shape != (len(images),):
+        raise ValueError(f"{labels_path}: {labels.size} labels for {len(images)} images in {images_path}")
+    if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise ValueError(f"{labels_path}: labels must be in 0..9, got max {labels.max()}")
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+class FashionMNISTDataModule(ImageDataModule):
+    """Fashion-MNIST, ``(channels, 28, 28)`` images, with optional pad-and-crop augmentation.
+
+    The files are found by :func:`find_fashion_mnist` over ``search_paths`` (default: the Debian package's
+    ``/usr/share/datasets/fashion-mnist``), then ``root`` (as ``root/FashionMNIST/raw`` or ``root`` itself);
+    with ``download=True`` and nothing found, torchvision downloads them under ``root`` in ``prepare_data``.
+    Otherwise construction raises ``FileNotFoundError`` naming the places looked and how to install them.
+
+    Args:
+        root: a torchvision data root (optional when the Debian package is installed; needed to download).
+        batch_size, num_workers, pin_memory: of the loaders (:class:`~mgd_lightning.data.base.ImageDataModule`).
+        channels: 1 (grey) or 3 (the grey channel repeated, for ImageNet-style models).
+        augment: random 2-pixel pad-and-crop of the training images.
+        download: let torchvision download the files under ``root`` when they are not found.
+        search_paths: folders to look in before ``root``; ``None``: the Debian package's folder.
+        limit_train, limit_val: keep only the first N images of a split after a permutation seeded by ``seed``
+            (quick runs); ``matching_dataset()`` follows ``limit_train``.
+        seed: seed of that permutation.
+
+    Example, in a LightningCLI config:
+
+    ```yaml
+    data:
+      class_path: mgd_lightning.data.FashionMNISTDataModule
+      init_args: {batch_size: 128, channels: 1, limit_train: 10000}
+    ```
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        channels: int = 1,
+        augment: bool = True,
+        download: bool = False,
+        search_paths: list[str] | None = None,
+        limit_train: int | None = None,
+        limit_val: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        if download and root is None:
+            raise ValueError("download=True needs a root to download Fashion-MNIST into")
+        self.channels = channels
+        self.augment = augment
+        self.download = download
+        self.search_paths = list(DEFAULT_FASHION_MNIST_PATHS if search_paths is None else search_paths)
+        self.limit_train = limit_train
+        self.limit_val = limit_val
+        self.seed = seed
+        self.num_classes = len(FASHION_MNIST_CLASSES)
+        self.classes = list(FASHION_MNIST_CLASSES)
+        self.input_size = (channels, 28, 28)
+        self.data_dir = self._find()
+        if self.data_dir is None and not download:
+            raise FileNotFoundError(self._not_found_message())
+        self.save_hyperparameters()
+
+    def _looked_in(self) -> list[str]:
+        return [*self.search_paths, *([self.root] if self.root is not None else [])]
+
+    def _find(self) -> Path | None:
+        return find_fashion_mnist(self._looked_in())
+
+    def _not_found_message(self) -> str:
+        places = "\n".join(f"  {p}" for p in _candidates(self._looked_in()))
+        files = ", ".join(f"{stem}[.gz]" for stem in FASHION_MNIST_FILES)
+        return (
+            f"Fashion-MNIST not found: looked for {files} in\n{places}\n"
+            "Install the Debian package (apt-get install dataset-fashion-mnist, files in "
+            "/usr/share/datasets/fashion-mnist), put torchvision's files under <root>/FashionMNIST/raw/, "
+            "or pass download=True with a root."
+        )
+
+    def prepare_data(self) -> None:
+        if self.download and self._find() is None:
+            from torchvision.datasets import FashionMNIST
+
+            log.info("downloading Fashion-MNIST into %s", self.root)
+            for train in (True, False):
+                FashionMNIST(str(self.root), train=train, download=True)
+
+    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        if self.data_dir is None:
+            self.data_dir = self._find()
+            if self.data_dir is None:
+                raise FileNotFoundError(self._not_found_message())
+        log.info("Fashion-MNIST from %s", self.data_dir)
+        train_x, train_y = _load_split(self.data_dir, "train")
+        val_x, val_y = _load_split(self.data_dir, "t10k")
+        tf = {
+            train: grey_transforms(train, 28, FASHION_MNIST_MEAN, FASHION_MNIST_STD, self.augment, self.channels)
+            for train in (True, False)
+        }
+        train_set = TensorImageDataset(train_x, train_y, tf[True])
+        matching = train_set.with_transform(tf[False])
+        return (
+            seeded_subset(train_set, self.limit_train, self.seed),
+            seeded_subset(TensorImageDataset(val_x, val_y, tf[False]), self.limit_val, self.seed),
+            seeded_subset(matching, self.limit_train, self.seed),
+        )

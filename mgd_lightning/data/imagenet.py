@@ -1,0 +1,84 @@
+"""ImageNet (ILSVRC-2012, 1000 classes) from ``train/<wnid>/*`` and ``val/<wnid>/*`` image folders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from .base import ImageDataModule
+from .datasets import IMG_EXTENSIONS, ImageFileDataset, folder_split_classes, list_class_dirs, scan_split
+from .transforms import imagenet_transforms
+
+__all__ = ["IMAGENET_LAYOUT", "ImageNetDataModule"]
+
+log = logging.getLogger(__name__)
+
+IMAGENET_LAYOUT = """expected the ImageNet image-folder layout:
+        train/<wnid>/*.JPEG   (e.g. train/n01440764/n01440764_10026.JPEG)
+        val/<wnid>/*.JPEG     (the validation images sorted into the same class folders)"""
+
+
+class ImageNetDataModule(ImageDataModule):
+    """ImageNet with the paper's transforms (random 224 crop of a 256 resize + flip; centre crop to evaluate).
+
+    ``root`` holds ``train/<wnid>/`` and ``val/<wnid>/`` (the validation set sorted into class folders, as
+    the usual ``valprep.sh`` does). ``num_classes`` is the number of ``train/`` class folders (1000 for the
+    real set); ``classes`` holds the wnids. A missing folder raises ``FileNotFoundError`` at construction.
+
+    Args:
+        root: the folder holding ``train/`` and ``val/``.
+        batch_size, num_workers, pin_memory: of the loaders (:class:`~mgd_lightning.data.base.ImageDataModule`).
+        image_size: side of the square crop (224 in the paper).
+        resize_size: short side after resizing, before the crop (256 in the paper).
+
+    Example, in a LightningCLI config:
+
+    ```yaml
+    data:
+      class_path: mgd_lightning.data.ImageNetDataModule
+      init_args: {root: /data/imagenet, batch_size: 256, num_workers: 16}
+    ```
+    """
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        image_size: int = 224,
+        resize_size: int = 256,
+    ) -> None:
+        super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        if resize_size < image_size:
+            raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size})")
+        self.image_size = image_size
+        self.resize_size = resize_size
+        self.data_dir = Path(root).expanduser()
+        if not self.data_dir.is_dir():
+            raise FileNotFoundError(f"ImageNet root {self.data_dir} does not exist; {IMAGENET_LAYOUT}")
+        missing = [f"{name}/" for name in ("train", "val") if not (self.data_dir / name).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"ImageNet root {self.data_dir} lacks {', '.join(missing)}; {IMAGENET_LAYOUT}")
+        val_dir = self.data_dir / "val"
+        if not list_class_dirs(val_dir) and any(n.lower().endswith(IMG_EXTENSIONS) for n in os.listdir(val_dir)):
+            raise ValueError(
+                f"{val_dir} holds images directly: sort them into val/<wnid>/ class folders "
+                f"(e.g. with the usual valprep.sh script); {IMAGENET_LAYOUT}"
+            )
+        self.classes = folder_split_classes(self.data_dir / "train", val_dir, IMAGENET_LAYOUT)
+        self.num_classes = len(self.classes)
+        self.input_size = (3, image_size, image_size)
+        log.info("ImageNet at %s, %d classes", self.data_dir, self.num_classes)
+        self.save_hyperparameters()
+
+    def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        train = scan_split(self.data_dir / "train", self.classes, IMAGENET_LAYOUT)
+        val = scan_split(self.data_dir / "val", self.classes, IMAGENET_LAYOUT)
+        train_tf = imagenet_transforms(True, self.image_size, self.resize_size)
+        eval_tf = imagenet_transforms(False, self.image_size, self.resize_size)
+        train_set = ImageFileDataset(train, train_tf)
+        return train_set, ImageFileDataset(val, eval_tf), train_set.with_transform(eval_tf)
