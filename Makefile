@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test lint bench clean
+.PHONY: install test lint bench demo fashion-mnist clean
 
 $(STAMP): setup.py setup.cfg requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist when we may install packages; the demo falls back to
+# scikit-learn's digits (with a note) when the files cannot be found.
+fashion-mnist:
+	@test -d /usr/share/datasets/fashion-mnist || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)); } || \
+	  echo "note: Fashion-MNIST not installed; the demo will use scikit-learn digits"
+
+demo: $(STAMP) fashion-mnist
+	$(VENV)/bin/mgd-lightning demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/solver.py
