@@ -379,3 +379,11 @@ def test_copy_after_forward_carries_hooks_not_tensors(how):
     clone_taps.remove()
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in clone.modules())
     assert model._forward_pre_hooks and model.layer4[1].relu._forward_pre_hooks, "original hooks kept"
+
+
+def test_taps_work_under_inference_mode():
+    model = _build("resnet18").eval()
+    feature_taps = FeatureTaps(model, resolve_taps(model, None))
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 64, 64))
+        assert len(feature_taps.features) == 4

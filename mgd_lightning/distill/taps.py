@@ -154,6 +154,11 @@ def resolve_taps(model: nn.Module, taps: Sequence[str | Tap] | None, role: str =
     return resolved
 
 
+def _version(tensor: torch.Tensor) -> int:
+    """In-place modification counter; -1 for inference-mode tensors, which have none."""
+    return -1 if tensor.is_inference() else tensor._version
+
+
 class FeatureTaps:
     """Hooks that keep the tapped tensors of the model's latest forward.
 
@@ -197,18 +202,18 @@ class FeatureTaps:
     # for ddp_spawn.
     def _keep_output(self, i: int, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         self._store[i] = output
-        self._versions[i] = output._version
+        self._versions[i] = _version(output)
 
     def _keep_input(self, i: int, module: nn.Module, args: tuple) -> None:
         self._store[i] = args[0]
-        self._versions[i] = args[0]._version
+        self._versions[i] = _version(args[0])
 
     @property
     def features(self) -> list[torch.Tensor]:
         missing = [t.module for t, f in zip(self.taps, self._store) if f is None]
         if missing:
             raise RuntimeError(f"taps {missing} were not reached by the last forward pass")
-        changed = [t.module for t, f, v in zip(self.taps, self._store, self._versions) if f._version != v]
+        changed = [t.module for t, f, v in zip(self.taps, self._store, self._versions) if v >= 0 and f._version != v]
         if changed:
             raise RuntimeError(
                 f"taps {changed}: the tapped tensor was modified in place later in the forward (e.g. "
