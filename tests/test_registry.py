@@ -28,6 +28,7 @@ def test_weights_from_the_hub_cache_and_head_replacement(tmp_path, monkeypatch):
     model = build_model("resnet18", num_classes=10, weights="IMAGENET1K_V1")
     assert model.fc.out_features == 10
     assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    assert build_model("resnet18", num_classes=3, weights="null").fc.out_features == 3  # CLI spelling
     with pytest.raises(ValueError, match="weights='IMAGENET9K' is not a weight of resnet18"):
         build_model("resnet18", weights="IMAGENET9K")
     with pytest.raises(ValueError, match="no published weights"):

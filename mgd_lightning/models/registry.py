@@ -109,6 +109,8 @@ def build_model(
     Returns:
         The ``nn.Module``.
     """
+    if weights in ("", "None", "none", "null"):  # command-line spellings of "no weights"
+        weights = None
     if name in PACKAGE_MODELS:
         if weights is not None:
             raise ValueError(f"weights={weights!r}: the package model {name!r} has no published weights; "
