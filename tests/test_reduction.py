@@ -47,6 +47,9 @@ def test_amp_keeps_sign():
     got = reduce_teacher(teacher, torch.tensor([[0, 1, 2]]), "amp")
     assert got.item() == -5.0
     assert reduce_teacher(teacher, torch.tensor([[0, 1, 2]]), "mp").item() == 2.0
+    tie = torch.tensor([[3.0, -3.0, 3.0]]).view(1, 3, 1, 1)  # ties: the first member, as argmax
+    assert reduce_teacher(tie, torch.tensor([[0, 1, 2]]), "amp").item() == 3.0
+    assert reduce_teacher(tie, torch.tensor([[1, 0, 2]]), "amp").item() == -3.0
 
 
 def test_sm_takes_the_matched_channel():
