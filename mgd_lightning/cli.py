@@ -50,15 +50,36 @@ def run_cli(args: Sequence[str] | None = None, run: bool = True) -> MGDCLI:
     )
 
 
+def _missing_file(error: BaseException) -> FileNotFoundError | None:
+    """The FileNotFoundError (missing weights, data, checkpoint) behind a configuration error, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, FileNotFoundError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main(args: Sequence[str] | None = None) -> None:
-    """Console entry point ``mgd-lightning``."""
+    """Console entry point ``mgd-lightning``.
+
+    A missing file (weights not in the torch hub cache, a dataset directory, a checkpoint) ends the run
+    with its one-line message instead of a traceback from inside the argument parser.
+    """
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "demo":
         from mgd_lightning.demo import main as demo_main
 
         demo_main(argv[1:])
         return
-    run_cli(argv)
+    try:
+        run_cli(args)
+    except Exception as error:  # noqa: BLE001 - re-raised unless it is a missing file
+        missing = _missing_file(error)
+        if missing is None:
+            raise
+        sys.exit(f"mgd-lightning: error: {missing}")
 
 
 if __name__ == "__main__":
