@@ -72,6 +72,7 @@ def _plot(history: list[dict], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     taps = sorted({k.removeprefix("cost_tap") for r in history for k in r if k.startswith("cost_tap")}, key=int)
     epochs = [r["epoch"] for r in history]
@@ -85,6 +86,7 @@ def _plot(history: list[dict], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for t in taps:
             ax.plot(epochs, [r[f"{key}{t}"] for r in history], marker="o", label=f"tap {t}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch (matching update at its start)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mgd_lightning.distillers import DISTILLERS, FEATURE_DISTILLERS
 from mgd_lightning.losses import kd_loss, margin_from_bn, partial_l2
 from mgd_lightning.matching import balanced_assignment, contiguous_groups, sparse_assignment
 from mgd_lightning.reduction import MARGIN_REDUCTIONS, METHODS, reduce_teacher_and_margin
@@ -46,6 +47,9 @@ class DistillationModule(ClassificationModule):
         teacher: the teacher network (frozen here: no gradients, always in eval mode).
         student: the student network.
         reducer: ``"sm"``, ``"rd"``, ``"amp"`` (default), ``"mp"`` or ``"avg"``.
+        distiller: ``"mgd"`` (default), or a competing baseline on the same taps, data and metrics:
+            ``"kd"`` (logits only; needs ``kd_weight > 0``), ``"fitnets"``, ``"at"``, ``"ofd"``
+            (:mod:`mgd_lightning.distillers`). Only ``"mgd"`` uses the matching.
         matching: ``True`` to learn the matching (MGD); ``False`` for the "without matching"
             ablation (contiguous groups of ``alpha`` teacher channels, never updated).
         teacher_taps, student_taps: module names (or ``"name:input"``) to tap; ``None`` picks the
@@ -72,6 +76,7 @@ class DistillationModule(ClassificationModule):
         teacher: nn.Module,
         student: nn.Module,
         reducer: str = "amp",
+        distiller: str = "mgd",
         matching: bool = True,
         teacher_taps: Sequence[str | Tap] | None = None,
         student_taps: Sequence[str | Tap] | None = None,
@@ -93,6 +98,10 @@ class DistillationModule(ClassificationModule):
     ) -> None:
         if reducer not in METHODS:
             raise ValueError(f"reducer must be one of {METHODS}; got {reducer!r}")
+        if distiller not in DISTILLERS:
+            raise ValueError(f"distiller must be one of {DISTILLERS}; got {distiller!r}")
+        if distiller == "kd" and kd_weight <= 0:
+            raise ValueError(f"distiller='kd' distils the logits only: set kd_weight > 0 (got kd_weight={kd_weight})")
         if margin_reduction not in MARGIN_REDUCTIONS:
             raise ValueError(f"margin_reduction must be one of {MARGIN_REDUCTIONS}; got {margin_reduction!r}")
         if loss_factor <= 0:
@@ -105,7 +114,11 @@ class DistillationModule(ClassificationModule):
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.reducer = reducer
-        self.assignment = None if not matching else ("sparse" if reducer == "sm" else "balanced")
+        self.distiller_name = distiller
+        if distiller != "mgd" or not matching:
+            self.assignment = None
+        else:
+            self.assignment = "sparse" if reducer == "sm" else "balanced"
 
         t_taps = resolve_taps(teacher, teacher_taps, "teacher")
         s_taps = resolve_taps(student, student_taps, "student")
@@ -154,18 +167,23 @@ class DistillationModule(ClassificationModule):
                 log.warning("teacher tap %r: no BatchNorm before it; no margin ReLU", t_taps[k].module)
             self.register_buffer(f"margin_{k}", margin)
 
-        self.distill_weight = float(distill_weight)
+        self.distill_weight = 0.0 if distiller == "kd" else float(distill_weight)
         if tap_weights is None:
             tap_weights = [1.0 / 2 ** (self.num_taps - k - 1) for k in range(self.num_taps)]
         if len(tap_weights) != self.num_taps:
             raise ValueError(f"tap_weights needs {self.num_taps} values (one per tap); got {list(tap_weights)}")
         self.tap_weights = [float(w) for w in tap_weights]
         self.loss_factor = float(loss_factor)
-        use_bn = student_bn and self.distill_weight > 0
+        use_bn = student_bn and self.distill_weight > 0 and distiller == "mgd"
         self.student_bns = nn.ModuleList(
             nn.BatchNorm2d(c_s) if use_bn else nn.Identity() for c_s, _, _, _ in self.tap_shapes
         )
         self.margin_reduction = margin_reduction
+        self.feature_distiller = None
+        if distiller in FEATURE_DISTILLERS and self.distill_weight > 0:
+            self.feature_distiller = FEATURE_DISTILLERS[distiller](
+                self.tap_shapes, self.margins, self.tap_weights, self.loss_factor
+            )
         self.kd_weight = float(kd_weight)
         self.kd_temperature = float(kd_temperature)
 
@@ -239,7 +257,9 @@ class DistillationModule(ClassificationModule):
 
     def distillation_losses(self, s_feats: list[torch.Tensor], t_feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-tap weighted partial L2 (Eq. 5) between student and reduced teacher, scaled by
-        ``1 / (B * loss_factor)``."""
+        ``1 / (B * loss_factor)``; for another ``distiller``, its per-tap losses."""
+        if self.feature_distiller is not None:
+            return self.feature_distiller(s_feats, t_feats)
         losses = []
         for k, (s, t, groups, margin) in enumerate(zip(s_feats, t_feats, self.matchings, self.margins)):
             reduced, red_margin = reduce_teacher_and_margin(
@@ -270,5 +290,6 @@ class DistillationModule(ClassificationModule):
         return loss
 
     def trainable_modules(self) -> list[nn.Module]:
-        """The student and its tap BatchNorms; never the teacher."""
-        return [self.student, self.student_bns]
+        """The student, its tap BatchNorms and a baseline's connectors / regressors; never the teacher."""
+        modules = [self.student, self.student_bns]
+        return modules + ([self.feature_distiller] if self.feature_distiller is not None else [])
