@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .init import init_weights
+
 __all__ = ["CifarBasicBlock", "CifarResNet", "cifar_resnet", "resnet56"]
 
 
@@ -94,24 +96,13 @@ class CifarResNet(nn.Module):
             self.add_module(f"layer{i}", nn.Sequential(blocks))
         self.num_features = in_channels
         self.fc = nn.Linear(in_channels, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         out = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
         return self.fc(out)
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
 
 
 def cifar_resnet(depth: int = 56, width: int = 1, num_classes: int = 100) -> CifarResNet:

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .init import init_weights
+
 __all__ = ["DepthwiseSeparableBlock", "MobileNetV1", "mobilenet_v1"]
 
 # (channels, stride) of the depthwise-separable blocks, one list per stage.
@@ -103,7 +105,7 @@ class MobileNetV1(nn.Module):
             self.add_module(f"layer{i}", nn.Sequential(*blocks))
         self.num_features = in_channels
         self.fc = nn.Linear(in_channels, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.stem(x)
@@ -111,17 +113,6 @@ class MobileNetV1(nn.Module):
             out = getattr(self, f"layer{i}")(out)
         out = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
         return self.fc(out)
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
 
 
 def mobilenet_v1(num_classes: int = 1000, width_mult: float = 1.0) -> MobileNetV1:

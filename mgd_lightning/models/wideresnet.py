@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .init import init_weights
+
 __all__ = ["WideBasicBlock", "WideResNet", "wide_resnet", "wrn_16_2", "wrn_16_4", "wrn_28_2", "wrn_28_4"]
 
 
@@ -92,24 +94,13 @@ class WideResNet(nn.Module):
         self.final_preact = nn.Identity()
         self.num_features = in_channels
         self.fc = nn.Linear(in_channels, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.group3(self.group2(self.group1(self.conv1(x))))
         out = F.relu(self.final_preact(self.final_bn(out)))
         out = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
         return self.fc(out)
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
 
 
 def wide_resnet(
