@@ -202,3 +202,38 @@ def test_bf16_mixed_precision_pass_and_training(tmp_path):
     _trainer(tmp_path, callbacks=[cb], precision="bf16-mixed", limit_train_batches=2).fit(m, *_loaders())
     assert cb.last_costs[0].dtype == torch.float64 and bool(torch.isfinite(cb.last_costs[0]).all())
     assert cb.history[0]["images"] == 96
+
+
+def test_online_mode_solves_on_the_training_forwards_without_a_pass(tmp_path):
+    cb = MGDMatchingCallback(update_every_n_epochs=2, mode="online")
+    m = _module()
+    passes = []
+    original = cb.compute_costs
+    cb.compute_costs = lambda trainer, module: passes.append(trainer.current_epoch) or original(trainer, module)
+    data = digits_dataset(limit=64)
+    _trainer(tmp_path, max_epochs=4, callbacks=[cb]).fit(m, DataLoader(data, batch_size=16))
+    assert passes == [0]  # only the first update needs a pass
+    assert [(r["epoch"], r["source"]) for r in cb.history] == [(0, "pass"), (2, "online")]
+    assert cb.history[1]["images"] == 2 * 64  # two epochs of training forwards
+    assert m.last_train_features is None  # consumed each step, not kept
+    with pytest.raises(ValueError, match="mode must be one of"):
+        MGDMatchingCallback(mode="lazy")
+
+
+def test_online_costs_equal_the_sum_over_training_steps(tmp_path):
+    cb = MGDMatchingCallback(update_every_n_epochs=1, mode="online")
+    m = _module()
+    sums = [torch.zeros(5, 12, dtype=torch.float64), torch.zeros(7, 24, dtype=torch.float64)]
+
+    class Recompute(pl.Callback):  # runs before the matching callback consumes the features
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            s_feats, t_feats = pl_module.last_train_features
+            for k in range(2 if trainer.current_epoch == 0 else 0):
+                sums[k] += channel_cost(s_feats[k], t_feats[k], "cosine", dtype=torch.float64)
+
+    data = digits_dataset(limit=48)
+    _trainer(tmp_path, max_epochs=2, callbacks=[Recompute(), cb]).fit(m, DataLoader(data, batch_size=16))
+    assert cb.history[1]["source"] == "online" and cb.history[1]["images"] == 48
+    for k in range(2):
+        torch.testing.assert_close(cb.last_costs[k], sums[k])
+        assert torch.equal(m.matchings[k], balanced_assignment(sums[k]))

@@ -11,6 +11,11 @@ matching does not depend on one random crop per image. Otherwise the training lo
 used as it is (with its augmentation). Either way the subset is drawn with a generator seeded by
 ``seed + epoch``, identically on every rank, and rank ``r`` of ``W`` runs the ``r``-th of ``W``
 disjoint contiguous slices of it: no image is processed twice, each rank does ``1/W`` of the work.
+
+Online mode (beyond the paper). ``mode="online"`` skips the extra pass: the costs are accumulated from
+the training steps' own features of the epochs since the last update (augmented inputs, student in
+train mode), and the next update solves on them. The first update, and one after a resume that left no
+accumulated cost, still runs the pass.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from mgd_lightning.matching import METRICS, assignment_cost, channel_cost
 from .classifier import split_batch
 from .module import DistillationModule
 
-__all__ = ["MGDMatchingCallback"]
+__all__ = ["MGDMatchingCallback", "MODES"]
+
+MODES = ("pass", "online")
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,8 @@ class MGDMatchingCallback(pl.Callback):
         seed: base seed of the subset draw (the epoch is added).
         batch_size, num_workers: of the pass's loader; default: those of the training loader.
         progress_bar: show a progress bar for the pass on rank 0 (when the trainer has one).
+        mode: ``"pass"`` (the paper: a no-grad pass over the subset at each update) or ``"online"``
+            (costs accumulated from the training forwards between updates; no extra pass).
 
     Attributes:
         history: one dict per update (epoch, step, images, pass and solve seconds, and per tap the
@@ -63,6 +72,7 @@ class MGDMatchingCallback(pl.Callback):
         batch_size: int | None = None,
         num_workers: int | None = None,
         progress_bar: bool = True,
+        mode: str = "pass",
     ) -> None:
         if update_every_n_epochs < 1:
             raise ValueError(f"update_every_n_epochs must be >= 1; got {update_every_n_epochs}")
@@ -70,6 +80,11 @@ class MGDMatchingCallback(pl.Callback):
             raise ValueError(f"num_samples must be >= 1 or None (whole training set); got {num_samples}")
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        self.mode = mode
+        self._online_costs: list[torch.Tensor] = []
+        self._online_count: torch.Tensor | None = None
         self.update_every_n_epochs = update_every_n_epochs
         self.num_samples = num_samples
         self.metric = metric
@@ -92,6 +107,28 @@ class MGDMatchingCallback(pl.Callback):
             return  # plain training, or matching=False (the fixed grouping ablation): nothing to match
         if self.is_due(trainer.current_epoch, pl_module):
             self.update_matching(trainer, pl_module)
+
+    # ------------------------------------------------------------------ online accumulation
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.mode == "online" and isinstance(pl_module, DistillationModule):
+            pl_module.keep_train_features = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.mode != "online" or not isinstance(pl_module, DistillationModule):
+            return
+        feats = pl_module.last_train_features
+        pl_module.last_train_features = None
+        if feats is None or pl_module.assignment is None:
+            return
+        s_feats, t_feats = feats
+        if not self._online_costs:
+            self._online_costs = [torch.zeros(c_s, c_t, dtype=torch.float64, device=s.device)
+                                  for (c_s, c_t, _, _), s in zip(pl_module.tap_shapes, s_feats)]
+            self._online_count = torch.zeros((), dtype=torch.float64, device=s_feats[0].device)
+        with torch.no_grad(), torch.autocast(device_type=s_feats[0].device.type, enabled=False):
+            for cost, s, t in zip(self._online_costs, s_feats, t_feats):
+                cost += channel_cost(s, t, self.metric, dtype=torch.float64)
+        self._online_count += s_feats[0].shape[0]
 
     # ------------------------------------------------------------------ the pass
     def _dataset_and_loader_args(self, trainer: pl.Trainer):
@@ -174,7 +211,11 @@ class MGDMatchingCallback(pl.Callback):
     def update_matching(self, trainer: pl.Trainer, pl_module: DistillationModule) -> None:
         """Run the pass, combine costs across ranks, solve on rank 0, broadcast, install."""
         start = time.perf_counter()
-        local_costs, local_count = self.compute_costs(trainer, pl_module)
+        if self.mode == "online" and self._online_costs:
+            local_costs, local_count, source = self._online_costs, self._online_count, "online"
+        else:
+            (local_costs, local_count), source = self.compute_costs(trainer, pl_module), "pass"
+        self._online_costs, self._online_count = [], None
         costs = [self._gather_sum(trainer, c) for c in local_costs]
         num_images = int(self._gather_sum(trainer, local_count))
         pass_s = time.perf_counter() - start
@@ -197,7 +238,7 @@ class MGDMatchingCallback(pl.Callback):
         solved, solve_s = trainer.strategy.broadcast((solved, solve_s), src=0)
 
         record: dict[str, Any] = {
-            "epoch": trainer.current_epoch, "step": trainer.global_step, "images": num_images,
+            "epoch": trainer.current_epoch, "step": trainer.global_step, "images": num_images, "source": source,
             "pass_s": pass_s, "solve_s": solve_s,
         }
         for k, (cost, groups) in enumerate(zip(costs, solved)):
@@ -215,7 +256,7 @@ class MGDMatchingCallback(pl.Callback):
         self.history.append(record)
         log.info("MGD matching at epoch %d: %s", trainer.current_epoch, record)
         if trainer.is_global_zero:
-            metrics = {f"mgd/{k}": float(v) for k, v in record.items() if k not in ("epoch", "step")}
+            metrics = {f"mgd/{k}": float(v) for k, v in record.items() if k not in ("epoch", "step", "source")}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
 

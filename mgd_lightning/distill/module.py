@@ -186,6 +186,9 @@ class DistillationModule(ClassificationModule):
             )
         self.kd_weight = float(kd_weight)
         self.kd_temperature = float(kd_temperature)
+        # Set by MGDMatchingCallback(mode="online"): keep the last training step's (detached) tap features.
+        self.keep_train_features = False
+        self.last_train_features: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
 
     # ------------------------------------------------------------------ construction helpers
@@ -272,6 +275,8 @@ class DistillationModule(ClassificationModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = split_batch(batch)
         s_logits, t_logits, s_feats, t_feats = self.forward_features(x)
+        if self.keep_train_features:
+            self.last_train_features = ([f.detach() for f in s_feats], [f.detach() for f in t_feats])
         ce = F.cross_entropy(s_logits, y)
         loss = ce
         logs = {"train/ce": ce.detach()}
