@@ -91,3 +91,14 @@ def test_bad_distiller_arguments():
         DistillationModule(ToyNet((12, 24)), ToyNet((5, 7)), distiller="ab")
     with pytest.raises(ValueError, match="kd_weight > 0"):
         DistillationModule(ToyNet((12, 24)), ToyNet((5, 7)), distiller="kd")
+
+
+@pytest.mark.parametrize("distiller", ["at", "fitnets", "ofd"])
+def test_baselines_accept_a_student_wider_than_the_teacher(distiller):
+    m = DistillationModule(ToyNet((4, 6)), ToyNet((5, 7)), distiller=distiller)
+    assert m.matchings == [] and m.assignment is None
+    x = torch.randn(2, 3, 16, 16)
+    _, _, s, t = m.forward_features(x)
+    assert all(torch.isfinite(v) for v in m.distillation_losses(s, t))
+    with pytest.raises(ValueError, match="MGD needs C_T >= C_S"):
+        DistillationModule(ToyNet((4, 6)), ToyNet((5, 7)), distiller="mgd")

@@ -144,7 +144,7 @@ class DistillationModule(ClassificationModule):
                     f"{st.module!r} gives {tuple(ss[1:])} at input {size}: spatial sizes must be equal; "
                     "choose other taps or another input_size"
                 )
-            if ts[1] < ss[1]:
+            if ts[1] < ss[1] and distiller == "mgd":
                 raise ValueError(
                     f"tap pair {k}: teacher {tt.module!r} has C_T={ts[1]} channels < student "
                     f"{st.module!r} C_S={ss[1]}; MGD needs C_T >= C_S at every tap"
@@ -152,7 +152,7 @@ class DistillationModule(ClassificationModule):
         self.tap_shapes = [(int(ss[1]), int(ts[1]), int(ss[2]), int(ss[3])) for ts, ss in zip(t_shapes, s_shapes)]
 
         # Matching buffers, sized now, updated in place by the callback: in every checkpoint.
-        for k, (c_s, c_t, _, _) in enumerate(self.tap_shapes):
+        for k, (c_s, c_t, _, _) in enumerate(self.tap_shapes if distiller == "mgd" else []):
             groups = contiguous_groups(c_s, c_t)
             if reducer == "sm":
                 groups = groups[:, :1].contiguous()
@@ -190,7 +190,6 @@ class DistillationModule(ClassificationModule):
         self.keep_train_features = False
         self.last_train_features: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
-
     # ------------------------------------------------------------------ construction helpers
     def _probe(self, example: torch.Tensor):
         was_training = self.student.training
@@ -219,7 +218,10 @@ class DistillationModule(ClassificationModule):
 
     @property
     def matchings(self) -> list[torch.Tensor]:
-        """Current matching per tap pair: ``(C_S, alpha)`` LongTensors (``alpha = 1`` for SM)."""
+        """Current matching per tap pair: ``(C_S, alpha)`` LongTensors (``alpha = 1`` for SM); empty for
+        the other distillers."""
+        if self.distiller_name != "mgd":
+            return []
         return [getattr(self, f"matching_{k}") for k in range(self.num_taps)]
 
     @property
