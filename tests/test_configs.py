@@ -137,9 +137,12 @@ def test_config_follows_the_paper_recipe(config):
     assert cfg["trainer"]["default_root_dir"] == _checkpoint_callback(cfg)["dirpath"] == run_dir
     assert _checkpoint_callback(cfg)["monitor"] == "val/acc1" and _checkpoint_callback(cfg)["mode"] == "max"
     if cfg["model"]["class_path"] == DISTILL:
-        assert cfg["mgd"]["update_every_n_epochs"] == recipe["update"]
-        assert cfg["mgd"]["num_samples"] == recipe["num_samples"]
-        assert init["reducer"] == name.split("_")[1]  # mgd_<reducer>_...
+        if init.get("distiller", "mgd") == "mgd":
+            assert cfg["mgd"]["update_every_n_epochs"] == recipe["update"]
+            assert cfg["mgd"]["num_samples"] == recipe["num_samples"]
+            assert init["reducer"] == name.split("_")[1]  # mgd_<reducer>_...
+        else:  # a competing baseline: <distiller>_<student>, no matching to configure
+            assert init["distiller"] == name.split("_")[0] and "mgd" not in cfg and "reducer" not in init
         teacher = _networks(cfg)["teacher"]
         if "checkpoint" in teacher:  # the teacher of an earlier run: a teacher config of the same folder writes it
             producer = _load(_producer_of(teacher["checkpoint"]))
@@ -278,17 +281,23 @@ def test_config_runs(config, in_run_dir):
 
     assert isinstance(module, DistillationModule)
     init = cfg["model"]["init_args"]
-    assert module.reducer == init["reducer"]
-    assert module.assignment == ("sparse" if init["reducer"] == "sm" else "balanced")
-    # the matching ran once, before the first epoch, on min(num_samples, training set) images
-    assert len(matcher.history) == 1 and matcher.history[0]["epoch"] == 0
-    assert matcher.history[0]["images"] == min(8, len(trainer.datamodule.train_dataset))
-    assert int(module.last_matching_epoch) == 0
-    assert all(torch.isfinite(torch.tensor(v)) for k, v in matcher.history[0].items() if k.startswith("cost_tap"))
-    assert float(metrics["train/distill"]) > 0  # the MGD term is in the loss
-    for groups, (c_s, c_t, _, _) in zip(module.matchings, module.tap_shapes):
-        assert groups.shape == (c_s, 1 if init["reducer"] == "sm" else c_t // c_s)
-        assert groups.unique().numel() == groups.numel() and 0 <= int(groups.min()) and int(groups.max()) < c_t
+    distiller = init.get("distiller", "mgd")
+    assert module.distiller_name == distiller
+    if distiller != "mgd":  # a competing baseline: no matching pass, its own term in the loss
+        assert module.assignment is None and matcher.history == []
+        assert float(metrics["train/kd" if distiller == "kd" else "train/distill"]) > 0
+    else:
+        assert module.reducer == init["reducer"]
+        assert module.assignment == ("sparse" if init["reducer"] == "sm" else "balanced")
+        # the matching ran once, before the first epoch, on min(num_samples, training set) images
+        assert len(matcher.history) == 1 and matcher.history[0]["epoch"] == 0
+        assert matcher.history[0]["images"] == min(8, len(trainer.datamodule.train_dataset))
+        assert int(module.last_matching_epoch) == 0
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in matcher.history[0].items() if k.startswith("cost_tap"))
+        assert float(metrics["train/distill"]) > 0  # the MGD term is in the loss
+        for groups, (c_s, c_t, _, _) in zip(module.matchings, module.tap_shapes):
+            assert groups.shape == (c_s, 1 if init["reducer"] == "sm" else c_t // c_s)
+            assert groups.unique().numel() == groups.numel() and 0 <= int(groups.min()) and int(groups.max()) < c_t
     # the frozen teacher is exactly what the config points at: a run's checkpoint or the hub-cache file
     teacher = _networks(cfg)["teacher"]
     if teacher.get("checkpoint"):
