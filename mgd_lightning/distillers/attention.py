@@ -18,7 +18,10 @@ def attention_map(feature: torch.Tensor) -> torch.Tensor:
 class AttentionTransfer(FeatureDistiller):
     """Per tap ``beta/2 * mean_{b, i} (Q_S - Q_T)^2`` (the authors' code's form of AT Eq. 2, beta = 1e3).
 
-    Channel counts may differ: the maps are channel means. ``loss_factor`` is 1 by default for AT
+    Channel counts may differ: the maps are channel means. It runs on the same (pre-ReLU) taps as the other
+    distillers so that all methods share taps; the AT paper uses post-activation block outputs, where the
+    negative part is zero. Pass ``teacher_taps`` / ``student_taps`` naming post-ReLU modules to get that.
+    ``loss_factor`` is 1 by default for AT
     (the beta/2 factor is the scale); the module's ``loss_factor`` argument still divides it.
 
     Example YAML::
