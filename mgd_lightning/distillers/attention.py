@@ -21,8 +21,7 @@ class AttentionTransfer(FeatureDistiller):
     Channel counts may differ: the maps are channel means. It runs on the same (pre-ReLU) taps as the other
     distillers so that all methods share taps; the AT paper uses post-activation block outputs, where the
     negative part is zero. Pass ``teacher_taps`` / ``student_taps`` naming post-ReLU modules to get that.
-    ``loss_factor`` is 1 by default for AT
-    (the beta/2 factor is the scale); the module's ``loss_factor`` argument still divides it.
+    Use ``loss_factor=1`` with AT (beta/2 sets the scale): the module's ``loss_factor`` still divides it.
 
     Example YAML::
 
