@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
@@ -61,6 +60,7 @@ def channel_cost(
     metric: str = "cosine",
     dtype: torch.dtype | None = None,
     eps: float = 1e-12,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Channel distance matrix ``D`` of Eq. 6, summed over the batch.
 
@@ -72,31 +72,42 @@ def channel_cost(
             L2-normalised per image, i.e. ``sum_b (2 - 2 cos(s_bi, t_bj))`` (the reference
             code's choice). An all-zero map stays zero after normalisation, so its distance to
             any normalised map is 1 per image.
-        dtype: accumulation dtype (e.g. ``torch.float64`` for long matching passes). ``None``
-            keeps the inputs' floating dtype, promoted to at least float32.
+        dtype: dtype of the returned matrix, e.g. ``torch.float64`` to accumulate a long matching
+            pass batch after batch. ``None``: the compute dtype.
         eps: guard against division by zero in the normalisation.
+        compute_dtype: dtype of the normalisation and matmul; ``None`` keeps the inputs' floating
+            dtype promoted to at least float32 (one batch's sums are small: float32 is exact enough,
+            and float64 matmuls cost several times more). Pass ``torch.float64`` for full precision.
 
     Returns:
-        (C_S, C_T) tensor on the inputs' device. Computed with two matmuls, no loop over channels.
+        (C_S, C_T) tensor on the inputs' device. Computed with one matmul, no loop over channels.
     """
     _check_features(student, teacher)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
-    if dtype is None:
-        dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
+    if compute_dtype is None:
+        compute_dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
     b, c_s = student.shape[:2]
     c_t = teacher.shape[1]
-    s = student.detach().reshape(b, c_s, -1).to(dtype)
-    t = teacher.detach().reshape(b, c_t, -1).to(dtype)
+    # (C, B*N) layouts: one matmul over the concatenated (batch, position) axis gives sum_b <s_bi, t_bj>.
+    s = student.detach().to(compute_dtype).transpose(0, 1).reshape(c_s, b, -1)
+    t = teacher.detach().to(compute_dtype).transpose(0, 1).reshape(c_t, b, -1)
     if metric == "cosine":
-        s = F.normalize(s, dim=2, eps=eps)
-        t = F.normalize(t, dim=2, eps=eps)
+        s_norm = s.norm(dim=2, keepdim=True)
+        t_norm = t.norm(dim=2, keepdim=True)
+        s = s / s_norm.clamp_min(eps)
+        t = t / t_norm.clamp_min(eps)
+        # ||s_bi||^2 after normalisation is 1, or 0 for an all-zero map
+        s_sq = (s_norm > eps).sum(dim=(1, 2)).to(compute_dtype)
+        t_sq = (t_norm > eps).sum(dim=(1, 2)).to(compute_dtype)
+    else:
+        s_sq = s.pow(2).sum(dim=(1, 2))
+        t_sq = t.pow(2).sum(dim=(1, 2))
     # ||s_bi - t_bj||^2 = ||s_bi||^2 + ||t_bj||^2 - 2 <s_bi, t_bj>, each summed over b.
-    s_sq = s.pow(2).sum(dim=(0, 2))  # (C_S,)
-    t_sq = t.pow(2).sum(dim=(0, 2))  # (C_T,)
-    # cross[i, j] = sum_b <s_bi, t_bj>: one matmul over the concatenated (batch, position) axis.
-    cross = s.transpose(0, 1).reshape(c_s, -1) @ t.transpose(0, 1).reshape(c_t, -1).T
+    cross = s.reshape(c_s, -1) @ t.reshape(c_t, -1).T
     cost = s_sq[:, None] + t_sq[None, :] - 2.0 * cross
+    if dtype is not None:
+        cost = cost.to(dtype)
     return cost.clamp_min_(0.0)
 
 

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
 from mgd_lightning import DistillationModule, MGDMatchingCallback
+from mgd_lightning.matching import assignment_cost
 from tests.toys import ToyNet, digits_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,10 +60,12 @@ def test_two_ranks_share_the_pass_and_agree(tmp_path):
     assert r0["images"] == r1["images"] == one["images"] == 90
     # combined cost equals the one-process cost; identical matchings everywhere
     for k in range(2):
-        torch.testing.assert_close(r0["costs"][k], one["costs"][k], rtol=1e-10, atol=1e-8)
-        torch.testing.assert_close(r1["costs"][k], one["costs"][k], rtol=1e-10, atol=1e-8)
+        # float32 per batch, float64 across batches and ranks: equal up to float32 rounding
+        torch.testing.assert_close(r0["costs"][k], one["costs"][k], rtol=1e-5, atol=1e-4)
+        assert torch.equal(r0["costs"][k], r1["costs"][k])  # the same gathered sum on both ranks
         assert torch.equal(r0["matchings"][k], r1["matchings"][k])
-        assert torch.equal(r0["matchings"][k], one["matchings"][k])
+        optimum = assignment_cost(one["costs"][k], one["matchings"][k])
+        assert assignment_cost(one["costs"][k], r0["matchings"][k]) == pytest.approx(optimum, rel=1e-6)
 
 
 def test_must_show_example_with_ddp(tmp_path):

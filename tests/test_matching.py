@@ -154,7 +154,7 @@ def test_channel_cost_matches_eq6(metric):
     student = torch.randn(3, 4, 5, 6, generator=g)
     teacher = torch.randn(3, 9, 5, 6, generator=g)
     teacher[1, 2] = 0.0  # an all-zero map
-    got = channel_cost(student, teacher, metric=metric, dtype=torch.float64)
+    got = channel_cost(student, teacher, metric=metric, dtype=torch.float64, compute_dtype=torch.float64)
     assert got.shape == (4, 9) and got.dtype == torch.float64
     torch.testing.assert_close(got, _direct_cost(student, teacher, metric), rtol=1e-9, atol=1e-9)
     if metric == "cosine":  # 2 - 2cos per image, within [0, 4B]
