@@ -64,23 +64,30 @@ def _gather(teacher: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     return teacher.index_select(1, flat).view(b, c_s, alpha, h, w)
 
 
-def _running_max(gathered: torch.Tensor, absolute: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _running_max(
+    gathered: torch.Tensor, absolute: bool, want_index: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per position, the group member of largest value (or magnitude) and its index (first on ties).
 
-    A running comparison over the ``alpha`` members: on CPU it is ~10x faster than ``argmax`` over the
-    non-innermost group axis of a (B, C_S, alpha, H, W) tensor (measured in benchmarks/README.md).
-    Returns ``(values, index)``, both (B, C_S, H, W).
+    A running comparison over the ``alpha`` members: on CPU it is 8-18x faster than ``argmax`` over the
+    non-innermost group axis of a (B, C_S, alpha, H, W) tensor (benchmarks/reduction.py).
+    Returns ``(values, index)``, both (B, C_S, H, W); ``index`` is ``None`` unless ``want_index``.
     """
+    alpha = gathered.shape[2]
     best = gathered[:, :, 0]
     best_key = best.abs() if absolute else best
-    index = torch.zeros_like(best, dtype=torch.int64)
-    for k in range(1, gathered.shape[2]):
+    index = None
+    for k in range(1, alpha):
         member = gathered[:, :, k]
         key = member.abs() if absolute else member
         take = key > best_key
         best = torch.where(take, member, best)
-        best_key = torch.where(take, key, best_key)
-        index = torch.where(take, k, index)
+        if k < alpha - 1:  # the last member's key is never compared again
+            best_key = torch.where(take, key, best_key)
+        if want_index:
+            index = take.long() if index is None else torch.where(take, k, index)
+    if want_index and index is None:
+        index = torch.zeros_like(best, dtype=torch.int64)
     return best, index
 
 
@@ -148,7 +155,8 @@ def reduce_teacher_and_margin(
         index = torch.randint(alpha, (b, c_s, h, w), generator=generator, device=teacher.device)
         reduced = gathered.gather(2, index.unsqueeze(2)).squeeze(2)
     else:  # amp (Eq. 14-15: largest magnitude, sign kept) or mp
-        reduced, index = _running_max(gathered, absolute=method == "amp")
+        want_index = margin is not None and margin_reduction == "selected"
+        reduced, index = _running_max(gathered, absolute=method == "amp", want_index=want_index)
     if margin is None:
         return reduced, None
 
