@@ -6,6 +6,7 @@ the top-level module ``_common`` (the script's folder is first on ``sys.path``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import platform
@@ -92,12 +93,12 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
 
+@contextlib.contextmanager
 def quiet():
     """``self.log`` outside a Trainer and Lightning's hints only warn: silence them for the tables."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.simplefilter("ignore")
-    return ctx
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def env(device: torch.device, **extra) -> dict:

@@ -116,11 +116,8 @@ def measure(pair: str, args, device: torch.device) -> dict:
         max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
         enable_checkpointing=False, enable_model_summary=False, callbacks=[callback],
     )
-    ctx = quiet()
-    try:
+    with quiet():
         trainer.fit(module, loader)
-    finally:
-        ctx.__exit__(None, None, None)
     return {"pair": pair, "image_size": side, "batch": args.batch_size, "precision": args.precision,
             "tap_shapes": [list(s) for s in module.tap_shapes], **callback.result}
 

@@ -60,11 +60,8 @@ def worker(method: str, args) -> dict:
         loss.backward()
         optimizer.step()
 
-    ctx = quiet()
-    try:
+    with quiet():
         out["step_s"] = timed(step, device)
-    finally:
-        ctx.__exit__(None, None, None)
     if device.type == "cuda":
         out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
     out["rss_peak_bytes"] = _rss_bytes()

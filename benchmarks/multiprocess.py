@@ -90,11 +90,8 @@ def worker(config: str, args, out_dir: Path) -> None:
         max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
         enable_checkpointing=False, enable_model_summary=False, callbacks=[callback],
     )
-    ctx = quiet()
-    try:
+    with quiet():
         trainer.fit(module, loader)
-    finally:
-        ctx.__exit__(None, None, None)
 
 
 def run_isolated(config: str, args) -> dict:

@@ -56,8 +56,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    quiet()
-    rows = [run(mode, args.images, args.epochs, args.batch) for mode in ("pass", "online")]
+    with quiet():
+        rows = [run(mode, args.images, args.epochs, args.batch) for mode in ("pass", "online")]
     print("| mode | epoch time, median of epochs 2.. (s) | matching update per epoch (s) | sources |")
     print("|---|---:|---:|---|")
     for r in rows:

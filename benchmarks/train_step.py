@@ -60,16 +60,13 @@ def measure(pair: str, batch: int, repeats: int, args, device: torch.device) -> 
         optimizer.step()
 
     times: dict[str, list[float]] = {m: [] for m in modules}
-    ctx = quiet()
-    try:
+    with quiet():
         for i in range(args.warmup):
             for m in modules:
                 step(m, i)
         for i in range(repeats):
             for m in modules:
                 times[m].append(timed(lambda m=m, i=i: step(m, i), device))
-    finally:
-        ctx.__exit__(None, None, None)
     row = {"pair": pair, "image_size": side, "batch": batch, "repeats": repeats, "precision": args.precision,
            "times_s": times, "median_s": {m: median(t) for m, t in times.items()}}
     med = row["median_s"]
