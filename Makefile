@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test lint bench demo fashion-mnist clean
+.PHONY: install test lint bench demo study fashion-mnist clean
 
 $(STAMP): setup.py setup.cfg requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ fashion-mnist:
 
 demo: $(STAMP) fashion-mnist
 	$(VENV)/bin/mgd-lightning demo
+
+# The reproduction study (results/study-cpu: about 1.5 h on 2 CPU cores; resumable). STUDY_ARGS="--setting gpu" on a GPU.
+STUDY_ARGS ?=
+study: $(STAMP) fashion-mnist
+	$(VENV)/bin/mgd-lightning study $(STUDY_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/solver.py

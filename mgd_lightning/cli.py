@@ -2,6 +2,7 @@
 
     mgd-lightning fit --config configs/cub200/mgd_amp_mobilenet_v2.yaml --data.init_args.root /data/CUB_200_2011
     mgd-lightning demo
+    mgd-lightning study [--setting cpu|gpu]
 
 ``MGDMatchingCallback`` is always present and configurable under ``mgd:`` (it does nothing for a
 plain ``ClassificationModule`` or a ``matching: false`` ablation). Logs go to TensorBoard and CSV
@@ -72,6 +73,11 @@ def main(args: Sequence[str] | None = None) -> None:
         from mgd_lightning.demo import main as demo_main
 
         demo_main(argv[1:])
+        return
+    if argv and argv[0] == "study":
+        from mgd_lightning.study import main as study_main
+
+        study_main(argv[1:])
         return
     try:
         run_cli(args)
