@@ -1,0 +1,145 @@
+"""The reproduction study: claim checks on known numbers, and the command end to end on tiny real-format data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+import mgd_lightning.study as study
+from tests.test_data import _make_fashion
+
+
+def _result(row: str, seed: int, err: float, history=()) -> dict:
+    return {"row": row, "label": study.ROWS[row].label, "seed": seed, "top1_err": err, "top5_err": err / 10,
+            "wall_s": 1.0, "trainable_params": 10, "matching_updates": len(history), "history": list(history)}
+
+
+def _by_claim(checked):
+    return {c["claim"].split(" (")[0]: c for c in checked}
+
+
+def test_claims_paired_by_seed():
+    results = [
+        # AMP better than SM in every seed by 1 point; better than RD on average only (noise).
+        *(_result("mgd_amp", s, 10.0 + s) for s in range(3)),
+        *(_result("mgd_sm", s, 11.0 + s) for s in range(3)),
+        _result("mgd_rd", 0, 9.5), _result("mgd_rd", 1, 12.5), _result("mgd_rd", 2, 13.0),
+        # the baseline is better than MGD: a contradiction, reported as such
+        *(_result("baseline", s, 9.0 + s) for s in range(3)),
+        # online equal to the pass up to noise
+        _result("mgd_amp_online", 0, 10.1), _result("mgd_amp_online", 1, 10.9), _result("mgd_amp_online", 2, 12.0),
+    ]
+    checked = _by_claim(study.claims(results))
+    amp = checked["AMP is the best of the three reductions"]
+    sm, rd = amp["comparisons"]
+    assert (sm["worse"], sm["diff_mean"], sm["diff_std"], sm["wins"], sm["clear"]) == ("mgd_sm", -1.0, 0.0, 3, True)
+    assert rd["worse"] == "mgd_rd" and rd["diff_mean"] == pytest.approx((0.5 - 1.5 - 1.0) / 3)
+    assert rd["held"] and rd["wins"] == 2 and not rd["clear"]
+    assert amp["held"]
+    baseline = checked["MGD beats the student trained alone"]
+    assert not baseline["held"] and baseline["comparisons"][0]["diff_mean"] == pytest.approx(1.0)
+    assert checked["online matching"]["held"]
+    # rows without runs are left out, not counted as held
+    assert "matching beats no matching" not in checked
+    text = study.markdown(study.aggregate(results, list(study.ROWS)), study.claims(results), None, "cpu",
+                          study.SETTINGS["cpu"])
+    assert "MGD-AMP vs MGD-SM: -1.00 ± 0.00 (3/3 seeds better; clear)" in text
+    assert "MGD-AMP vs student baseline: 1.00 ± 0.00 (0/3 seeds better; contradicted)" in text
+    assert "did not hold" in text
+
+
+def test_claims_need_two_seeds_to_be_clear_and_ties_are_not_wins():
+    checked = _by_claim(study.claims([_result("mgd_amp", 0, 10.0), _result("mgd_mp", 0, 12.0),
+                                      _result("mgd_avgp", 0, 10.0)]))
+    mp, avg = checked["AMP beats max pooling and average pooling"]["comparisons"]
+    assert mp["held"] and not mp["clear"] and math.isnan(mp["diff_std"])
+    assert not avg["held"] and avg["diff_mean"] == 0.0
+
+
+def test_aggregate_mean_and_sample_std():
+    results = [_result("kd", s, e) for s, e in enumerate((10.0, 12.0, 14.0))] + [_result("at", 0, 5.0)]
+    rows = study.aggregate(results, ["baseline", "kd", "at"])
+    assert [r["row"] for r in rows] == ["kd", "at"]
+    assert rows[0]["top1_err_mean"] == 12.0 and rows[0]["top1_err_std"] == 2.0 and rows[0]["seeds"] == "0 1 2"
+    assert rows[1]["n_seeds"] == 1 and math.isnan(rows[1]["top1_err_std"])
+
+
+def test_every_row_is_buildable_and_the_paper_rows_are_there():
+    assert set(study.ROWS) >= {"baseline", "kd", "fitnets", "at", "ofd", "mgd_sm", "mgd_rd", "mgd_amp", "mgd_mp",
+                               "mgd_avgp", "amp_no_matching", "mgd_amp_kd", "mgd_amp_online", "mgd_amp_every1",
+                               "mgd_amp_every4"}
+    every = {n: r.callback["update_every_n_epochs"] for n, r in study.ROWS.items() if r.callback}
+    assert every["mgd_amp_every1"] == 1 and every["mgd_amp"] == 2 and every["mgd_amp_every4"] == 4
+    assert study.ROWS["mgd_amp_online"].callback["mode"] == "online"
+    assert study.ROWS["amp_no_matching"].module["matching"] is False and study.ROWS["amp_no_matching"].callback is None
+    for setting in study.SETTINGS.values():
+        assert set(setting.rows) <= set(study.ROWS) and len(setting.seeds) >= 1
+        assert all(0 < m <= setting.epochs for m in setting.lr_milestones)
+    cpu = study.SETTINGS["cpu"]
+    assert len(cpu.seeds) >= 3 and cpu.rows == tuple(study.ROWS)
+
+
+def test_overrides_scale_the_milestones():
+    args = study._parser().parse_args(["--setting", "cpu", "--epochs", "16", "--seeds", "4", "5", "--jobs", "1"])
+    setting = study._setting(args)
+    assert setting.epochs == 16 and setting.lr_milestones == (10, 14) and setting.seeds == (4, 5)
+    assert setting.jobs == 1 and setting.train_images == study.SETTINGS["cpu"].train_images
+
+
+def test_missing_fashion_mnist_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="Fashion-MNIST not found"):
+        study.main(["--setting", "smoke", "--out", str(tmp_path / "out"), "--root", str(tmp_path / "nothing")])
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory):
+    return _make_fashion(tmp_path_factory.mktemp("fashion"), n_train=96, n_test=40)
+
+
+def test_study_end_to_end_then_resumes(tmp_path, fashion, capsys):
+    out = tmp_path / "study"
+    rows = ["baseline", "ofd", "mgd_amp", "amp_no_matching", "mgd_amp_online", "mgd_amp_every1"]
+    args = ["--setting", "smoke", "--out", str(out), "--root", str(fashion), "--rows", *rows, "--seeds", "0", "1"]
+    study.main(args)
+    printed = capsys.readouterr().out
+    assert "| MGD-AMP | 2 |" in printed and "## The paper's claims, checked" in printed
+    assert (out / "results.md").read_text() in printed + "\n"
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["row"] for r in table] == rows and all(r["n_seeds"] == "2" for r in table)
+    with (out / "runs.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 12
+    every1 = json.loads((out / "runs" / "mgd_amp_every1" / "seed0" / "result.json").read_text())
+    assert every1["matching_updates"] == 2 and [h["epoch"] for h in every1["history"]] == [0, 1]
+    assert {"cost_tap0", "changed_tap2"} <= set(every1["history"][0])
+    online = json.loads((out / "runs" / "mgd_amp_online" / "seed1" / "result.json").read_text())
+    assert online["history"][0]["source"] == "pass"
+    assert json.loads((out / "runs" / "baseline" / "seed0" / "result.json").read_text())["history"] == []
+    for plot in ("errors.png", "matching_cost.png", "match_stability.png"):
+        assert (out / plot).stat().st_size > 5000
+    env = json.loads((out / "environment.json").read_text())
+    assert env["packages"]["torch"] and env["setting"]["epochs"] == 2
+    assert (out / "command.txt").read_text().startswith("mgd-lightning study --setting smoke")
+    claims = json.loads((out / "claims.json").read_text())
+    assert any(c["claim"].startswith("matching beats no matching") for c in claims)
+
+    # Resume: finished runs and the teacher are kept; a deleted run is the only one redone.
+    kept = (out / "runs" / "ofd" / "seed1" / "result.json").read_text()
+    (out / "runs" / "baseline" / "seed1" / "result.json").unlink()
+    teacher_mtime = (out / "teacher" / "teacher.pt").stat().st_mtime_ns
+    study.main(args)
+    assert (out / "runs" / "ofd" / "seed1" / "result.json").read_text() == kept
+    assert (out / "teacher" / "teacher.pt").stat().st_mtime_ns == teacher_mtime
+    assert (out / "runs" / "baseline" / "seed1" / "result.json").is_file()
+
+
+def test_study_in_two_processes(tmp_path, fashion):
+    out = tmp_path / "study"
+    study.main(["--setting", "smoke", "--out", str(out), "--root", str(fashion), "--rows", "kd", "mgd_sm",
+                "--jobs", "2"])
+    runs = sorted(p.parent.parent.name for p in (out / "runs").glob("*/seed0/result.json"))
+    assert runs == ["kd", "mgd_sm"]
+    assert json.loads((out / "runs" / "mgd_sm" / "seed0" / "result.json").read_text())["threads"] == 1
