@@ -83,9 +83,9 @@ def test_every_row_is_buildable_and_the_paper_rows_are_there():
 
 
 def test_overrides_scale_the_milestones():
-    args = study._parser().parse_args(["--setting", "cpu", "--epochs", "16", "--seeds", "4", "5", "--jobs", "1"])
+    args = study._parser().parse_args(["--setting", "cpu", "--epochs", "14", "--seeds", "4", "5", "--jobs", "1"])
     setting = study._setting(args)
-    assert setting.epochs == 16 and setting.lr_milestones == (10, 14) and setting.seeds == (4, 5)
+    assert setting.epochs == 14 and setting.lr_milestones == (10, 12) and setting.seeds == (4, 5)
     assert setting.jobs == 1 and setting.train_images == study.SETTINGS["cpu"].train_images
 
 
