@@ -255,10 +255,24 @@ def run_student(name: str, seed: int, setting: Setting, out: Path, root: str | N
     return result
 
 
+def _init_worker(threads: int, parent: int) -> None:
+    """A worker process: ``threads`` torch threads, quiet Lightning, and (Linux) it dies with the study."""
+    torch.set_num_threads(threads)
+    _quiet()
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:  # PR_SET_PDEATHSIG: a killed study leaves no orphan runs competing with its restart
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+        except (OSError, AttributeError):
+            log.debug("prctl(PR_SET_PDEATHSIG) unavailable: workers may outlive a killed study")
+        if os.getppid() != parent:  # the study died while this worker was starting
+            os._exit(1)
+
+
 def _worker(job: tuple[str, int, Setting, str, str | None]) -> dict[str, Any]:
     name, seed, setting, out, root = job
-    torch.set_num_threads(setting.threads)
-    _quiet()
     return run_student(name, seed, setting, Path(out), root)
 
 
@@ -539,7 +553,8 @@ def run_study(setting_name: str, setting: Setting, out: Path, root: str | None =
                 log.exception("%s seed %d failed", n, s)
                 failed.append(f"{n}/seed{s}")
     else:
-        with ProcessPoolExecutor(max_workers=setting.jobs, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=setting.jobs, mp_context=get_context("spawn"),
+                                 initializer=_init_worker, initargs=(setting.threads, os.getpid())) as pool:
             futures = {pool.submit(_worker, (n, s, setting, os.fspath(out), root)): (n, s) for n, s in jobs}
             for future in as_completed(futures):
                 try:

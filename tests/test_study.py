@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +147,52 @@ def test_study_in_two_processes(tmp_path, fashion):
     runs = sorted(p.parent.parent.name for p in (out / "runs").glob("*/seed0/result.json"))
     assert runs == ["kd", "mgd_sm"]
     assert json.loads((out / "runs" / "mgd_sm" / "seed0" / "result.json").read_text())["threads"] == 1
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_killing_the_study_stops_its_workers(tmp_path, fashion):
+    out = tmp_path / "study"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mgd_lightning.study", "--setting", "smoke", "--out", str(out), "--root", str(fashion),
+         "--rows", "mgd_amp", "mgd_rd", "--seeds", "0", "1", "2", "--jobs", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            # the two run workers (the resource tracker is a third child)
+            workers = [k for k in _children(proc.pid) if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()]
+            if len(workers) == 2:
+                break
+            time.sleep(0.2)
+        assert len(workers) == 2, "the study did not start its two workers"
+        proc.kill()  # SIGKILL: no cleanup in the parent at all
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.2)
+        assert [w for w in workers if _alive(w)] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
