@@ -112,6 +112,7 @@ class Setting:
     loss_factor: float = 1e3
     matching_images: int | None = 2000
     accelerator: str = "cpu"
+    num_workers: int = 0
     jobs: int = 2
     threads: int = 1
     teacher_threads: int = 2
@@ -126,7 +127,7 @@ SETTINGS: dict[str, Setting] = {
     "gpu": Setting(train_images=None, teacher_train_images=None, val_images=None, epochs=30,
                    lr_milestones=(15, 23), teacher_epochs=20, teacher_lr_milestones=(10, 15),
                    seeds=(0, 1, 2, 3, 4), batch_size=256, lr=0.1, matching_images=10_000,
-                   accelerator="auto", jobs=1, threads=4, teacher_threads=4),
+                   accelerator="auto", num_workers=6, jobs=1, threads=4, teacher_threads=4),
     # Seconds: the machinery end to end (tests).
     "smoke": Setting(train_images=256, teacher_train_images=256, val_images=128, epochs=2, lr_milestones=(1,),
                      teacher_epochs=1, teacher_lr_milestones=(1,), seeds=(0,), batch_size=64,
@@ -147,7 +148,7 @@ def _datamodule(setting: Setting, train_images: int | None, root: str | None):
     # seed=0 for every run: the same images (the student's set is a subset of the teacher's: one permutation).
     return FashionMNISTDataModule(
         root=root, search_paths=[] if root else None, channels=3, batch_size=setting.batch_size,
-        limit_train=train_images, limit_val=setting.val_images, seed=0,
+        num_workers=setting.num_workers, limit_train=train_images, limit_val=setting.val_images, seed=0,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import subprocess
@@ -196,3 +197,17 @@ def test_killing_the_study_stops_its_workers(tmp_path, fashion):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_gpu_setting_code_path_at_smoke_sizes(tmp_path, fashion):
+    """What only the gpu setting uses (accelerator "auto", loader workers, runs in this process) works; the
+    sizes are the smoke setting's, so that it runs anywhere in seconds."""
+    gpu, smoke = study.SETTINGS["gpu"], study.SETTINGS["smoke"]
+    assert gpu.accelerator == "auto" and gpu.num_workers > 0 and gpu.jobs == 1 and len(gpu.seeds) >= 5
+    assert gpu.train_images is None and gpu.epochs > study.SETTINGS["cpu"].epochs
+    sizes = {f.name: getattr(smoke, f.name) for f in dataclasses.fields(study.Setting)
+             if f.name not in ("accelerator", "num_workers", "jobs")}
+    setting = dataclasses.replace(gpu, **{**sizes, "num_workers": 2, "rows": ("mgd_amp",)})
+    text = study.run_study("gpu", setting, tmp_path / "out", root=str(fashion))
+    assert "setting `gpu`" in text and "| MGD-AMP | 1 |" in text
+    assert json.loads((tmp_path / "out" / "environment.json").read_text())["setting"]["num_workers"] == 2
