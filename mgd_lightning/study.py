@@ -9,16 +9,18 @@ epochs) for several seeds, and writes under ``--out``:
 * ``results.csv`` / ``runs.csv``: mean ± sample std of top-1 / top-5 error per row / every run;
 * ``results.md``: the table and the paper's claims checked against it (paired by seed);
 * ``errors.png``, ``matching_cost.png`` (paper Fig. 5), ``match_stability.png`` (Fig. 6);
-* ``environment.json`` and ``command.txt``: software versions, machine, setting, the exact command.
+* ``environment.json`` and ``command.txt``: software versions, machine, setting, the exact command(s);
+* ``claims.json``: the paper's claims checked (:func:`claims`).
 
 Teacher CIFAR ResNet-14 x2 (taps 32 / 64 / 128 channels), student CIFAR ResNet-8 (16 / 32 / 64): every
 tap is a 2-to-1 matching (alpha = 2). Every row of one seed starts from the same student weights and
-sees the same images; the error is that of the final model on the 10,000 Fashion-MNIST test images
-(no checkpoint selection on the test set).
+trains on the same images (shuffle and crops differ); the error is that of the final model on the 10,000
+Fashion-MNIST test images (no checkpoint selection on the test set).
 
 ``--setting cpu`` (default) is sized for 2 CPU cores (about 1.5 hours); ``--setting gpu`` is the same study
 on the whole training set with more epochs and seeds for a machine with a GPU; ``--setting smoke`` is a
-seconds-long check of the machinery. Any field of a setting can be overridden (``--epochs 12``).
+seconds-long check of the machinery. ``--rows``, ``--seeds``, ``--epochs``, ``--jobs`` and ``--threads`` override
+the setting; a folder holding runs of another setting is refused rather than mixed.
 """
 
 from __future__ import annotations
@@ -309,54 +311,101 @@ def _paired(results: Sequence[dict[str, Any]], a: str, b: str) -> list[float]:
     return [err[(a, s)] - err[(b, s)] for s in seeds]
 
 
-#: the paper's claims, each as (claim, [(better row, worse row), ...]).
-CLAIMS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("AMP is the best of the three reductions (Table 3, Fig. 3)", [("mgd_amp", "mgd_sm"), ("mgd_amp", "mgd_rd")]),
-    ("AMP beats max pooling and average pooling (Table 4)", [("mgd_amp", "mgd_mp"), ("mgd_amp", "mgd_avgp")]),
-    ("matching beats no matching (Table 4)", [("mgd_amp", "amp_no_matching")]),
-    ("MGD beats the competing distillers (Tables 1-3)",
+#: Half-width (points of top-1 error) within which two rows count as equal, for the claims that are ties.
+TIE_MARGIN = 0.5
+
+#: the claims checked: (claim, kind, [(first row, second row), ...]). ``better``: the first row has the lower
+#: error; ``tie``: the two are equal within :data:`TIE_MARGIN`.
+CLAIMS: list[tuple[str, str, list[tuple[str, str]]]] = [
+    ("AMP is the best of the three reductions (paper Tables 1, 3)", "better",
+     [("mgd_amp", "mgd_sm"), ("mgd_amp", "mgd_rd")]),
+    ("AMP beats max pooling and average pooling (paper Table 5)", "better",
+     [("mgd_amp", "mgd_mp"), ("mgd_amp", "mgd_avgp")]),
+    ("matching beats no matching (paper: with vs. without matching ablation)", "better",
+     [("mgd_amp", "amp_no_matching")]),
+    ("MGD beats the competing distillers (paper Tables 1-3)", "better",
      [("mgd_amp", "kd"), ("mgd_amp", "fitnets"), ("mgd_amp", "at"), ("mgd_amp", "ofd")]),
-    ("MGD beats the student trained alone (Tables 1-3)", [("mgd_amp", "baseline")]),
-    ("KD on top of MGD helps (Tables 2, 3)", [("mgd_amp_kd", "mgd_amp")]),
-    ("updating every 2 epochs beats every 1 and every 4 (Fig. 4, CUB-200)",
+    ("MGD beats the student trained alone (paper Tables 1-3)", "better", [("mgd_amp", "baseline")]),
+    ("KD on top of MGD helps (paper Tables 2, 3)", "better", [("mgd_amp_kd", "mgd_amp")]),
+    ("updating every 2 epochs beats every 1 and every 4 (paper Fig. 4, CUB-200)", "better",
      [("mgd_amp", "mgd_amp_every1"), ("mgd_amp", "mgd_amp_every4")]),
-    ("online matching (ours, not in the paper) matches the pass", [("mgd_amp_online", "mgd_amp")]),
+    (f"online matching (ours, not in the paper) is as good as the pass (within {TIE_MARGIN} points)", "tie",
+     [("mgd_amp_online", "mgd_amp")]),
 ]
+
+
+def _t_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Two-sided ``level`` confidence interval of the mean of ``diffs`` (Student t, n - 1 dof); NaNs for n < 2."""
+    if len(diffs) < 2:
+        return float("nan"), float("nan")
+    from scipy.stats import t
+
+    mean = statistics.fmean(diffs)
+    half = float(t.ppf(0.5 + level / 2, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean - half, mean + half
+
+
+def _verdict(kind: str, low: float, high: float) -> str:
+    """``supported`` / ``contradicted`` / ``inconclusive`` from the 95 % interval of (first - second)."""
+    if math.isnan(low):
+        return "inconclusive"
+    if kind == "tie":
+        if -TIE_MARGIN <= low and high <= TIE_MARGIN:
+            return "supported"
+        return "contradicted" if high < -TIE_MARGIN or low > TIE_MARGIN else "inconclusive"
+    if high < 0:
+        return "supported"
+    return "contradicted" if low > 0 else "inconclusive"
 
 
 def claims(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each claim of :data:`CLAIMS` checked on the paired per-seed differences of top-1 error.
 
-    A comparison holds when the mean difference (better row minus worse row) is negative; it is called
-    clear when it is also negative in every seed and larger than its standard error (else "within noise").
-    A claim holds when all its comparisons hold. The online row's "claim" is a tie: it holds when the
-    difference is within two standard errors of zero.
+    For each comparison, the differences (first row minus second row, per seed run by both) give a mean, a
+    sample std and a 95 % Student-t interval of the mean. A ``better`` comparison is *supported* when the whole
+    interval is below 0, *contradicted* when it is above 0, *inconclusive* otherwise (the sign of the mean and
+    the seeds won still say which way it leans). A ``tie`` is supported when the interval lies within
+    ±:data:`TIE_MARGIN`, contradicted when it lies entirely outside it. With one seed everything is
+    inconclusive. A claim *held* when all its comparisons are supported, *did not hold* when any is
+    contradicted, and is *not shown* otherwise. No correction for the number of comparisons is made.
     """
     out = []
-    for claim, pairs in CLAIMS:
+    for claim, kind, pairs in CLAIMS:
         comps = []
         for a, b in pairs:
             diffs = _paired(results, a, b)
             if not diffs:
                 continue
-            mean = statistics.fmean(diffs)
-            std = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
-            sem = std / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-            wins = sum(d < 0 for d in diffs)
-            if a == "mgd_amp_online":
-                held = not (abs(mean) > 2 * sem)
-            else:
-                held = mean < 0
-            clear = held and len(diffs) > 1 and wins == len(diffs) and abs(mean) > sem
-            comps.append({"better": a, "worse": b, "diff_mean": mean, "diff_std": std, "n": len(diffs),
-                          "wins": wins, "held": held, "clear": clear})
+            low, high = _t_interval(diffs)
+            comps.append({
+                "first": a, "second": b, "kind": kind, "n": len(diffs), "diff_mean": statistics.fmean(diffs),
+                "diff_std": statistics.stdev(diffs) if len(diffs) > 1 else float("nan"),
+                "ci95_low": low, "ci95_high": high, "first_better_seeds": sum(d < 0 for d in diffs),
+                "verdict": _verdict(kind, low, high),
+            })
         if comps:
-            out.append({"claim": claim, "held": all(c["held"] for c in comps), "comparisons": comps})
+            verdicts = {c["verdict"] for c in comps}
+            status = ("held" if verdicts == {"supported"} else "did not hold" if "contradicted" in verdicts
+                      else "not shown")
+            out.append({"claim": claim, "kind": kind, "status": status, "comparisons": comps})
     return out
 
 
 def _pm(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {std:.2f}" if not math.isnan(std) else f"{mean:.2f}"
+
+
+NOTES = """Notes on the design (what a reader comparing with the paper should know):
+- One teacher (seed 0) for all runs. Within a seed every row starts from the same student weights and trains on
+  the same images; the shuffling and crops differ between rows (the random stream is consumed differently).
+- Top-1 / top-5 are torchmetrics accuracies over the whole balanced test set (1,000 images per class), where the
+  per-class average and the overall rate are the same number.
+- KD uses the reference code's KD (T = 1.5, weight 1) in both KD rows; FitNets gives hints at all three taps
+  at once (no stage-wise pre-training); AT, FitNets and OFD use MGD's taps and tap weights (1/4, 1/2, 1);
+  the feature losses are divided by 1e3 as in the reference code for small inputs (AT: beta = 1e3, no divisor).
+- "Trained params" counts the student and the modules a method trains with it (MGD's tap BatchNorms, FitNets'
+  regressors, OFD's connectors); all rows deploy the same student.
+"""
 
 
 def markdown(rows: Sequence[dict[str, Any]], checked: Sequence[dict[str, Any]], teacher: dict[str, Any] | None,
@@ -373,7 +422,7 @@ def markdown(rows: Sequence[dict[str, Any]], checked: Sequence[dict[str, Any]], 
         f"Top-1 / top-5 error (%) of the final model on {setting.val_images or 'all 10,000'} test images, "
         "mean ± sample std over seeds.",
         "",
-        "| row | seeds | top-1 err (%) | top-5 err (%) | trainable params | matching updates | wall time / run (s) |",
+        "| row | seeds | top-1 err (%) | top-5 err (%) | trained params | matching updates | wall time / run (s) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -381,19 +430,21 @@ def markdown(rows: Sequence[dict[str, Any]], checked: Sequence[dict[str, Any]], 
                      f"| {_pm(r['top5_err_mean'], r['top5_err_std'])} | {r['trainable_params']:,} "
                      f"| {r['matching_updates']} | {r['wall_s_mean']:.0f} |")
     lines += ["", "## The paper's claims, checked", "",
-              "Differences are paired by seed (same student initialisation and images): top-1 error of the first "
-              "row minus the second, in points, mean ± std over seeds; negative means the first row is better. "
-              "\"clear\": better in every seed and by more than one standard error.", ""]
+              "Differences are paired by seed: top-1 error of the first row minus the second, in points, "
+              "mean ± sample std, then the 95 % Student-t interval of the mean and the seeds in which the first "
+              "row was better. Negative: the first row is better. *supported* / *contradicted*: the whole "
+              f"interval is below / above 0 (for a tie: inside / outside ±{TIE_MARGIN}); *inconclusive*: "
+              "otherwise. A claim *held* when all its comparisons are supported, *did not hold* when one is "
+              "contradicted, and is *not shown* otherwise. No correction for the number of comparisons.", ""]
     for c in checked:
-        lines.append(f"- **{c['claim']}: {'held' if c['held'] else 'did not hold'}.**")
+        lines.append(f"- **{c['claim']}: {c['status']}.**")
         for d in c["comparisons"]:
-            if d["held"]:
-                verdict = "clear" if d["clear"] else "within noise"
-            else:
-                verdict = "contradicted" if d["diff_mean"] > 0 else "tie"
-            lines.append(f"  - {ROWS[d['better']].label} vs {ROWS[d['worse']].label}: "
-                         f"{_pm(d['diff_mean'], d['diff_std'])} ({d['wins']}/{d['n']} seeds better; {verdict})")
-    return "\n".join(lines) + "\n"
+            ci = ("" if math.isnan(d["ci95_low"]) else f", 95 % CI [{d['ci95_low']:.2f}, {d['ci95_high']:.2f}]")
+            lines.append(f"  - {ROWS[d['first']].label} vs {ROWS[d['second']].label}: "
+                         f"{_pm(d['diff_mean'], d['diff_std'])}{ci}, first better in {d['first_better_seeds']}/"
+                         f"{d['n']} seeds: {d['verdict']}")
+    lines += ["", NOTES]
+    return "\n".join(lines)
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
@@ -432,19 +483,17 @@ def plot(results: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], teac
     paths = []
     if rows:
         fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
-        y = list(range(len(rows)))[::-1]
-        ax.barh(y, [r["top1_err_mean"] for r in rows],
-                xerr=[0.0 if math.isnan(r["top1_err_std"]) else r["top1_err_std"] for r in rows],
-                color=["tab:orange" if r["row"].startswith(("mgd", "amp")) else "tab:blue" for r in rows],
-                capsize=3)
-        ax.set_yticks(y, [r["label"] for r in rows])
+        y = {r["row"]: i for i, r in enumerate(reversed(rows))}
+        seeds = [(r["top1_err"], y[r["row"]]) for r in results if r["row"] in y]
+        ax.scatter([e for e, _ in seeds], [i for _, i in seeds], s=12, color="0.6", zorder=2, label="one seed")
+        ax.errorbar([r["top1_err_mean"] for r in rows], [y[r["row"]] for r in rows],
+                    xerr=[0.0 if math.isnan(r["top1_err_std"]) else r["top1_err_std"] for r in rows],
+                    fmt="o", color="tab:red", capsize=3, zorder=3, label="mean ± std")
+        ax.set_yticks([y[r["row"]] for r in rows], [r["label"] for r in rows])
         if teacher:
             ax.axvline(teacher["top1_err"], color="k", ls="--", lw=1, label="teacher")
-            ax.legend(loc="lower right")
-        lo = min(r["top1_err_mean"] for r in rows)
-        hi = max(r["top1_err_mean"] for r in rows)
-        ax.set_xlim(max(0.0, min(lo, teacher["top1_err"] if teacher else lo) - 1.0), hi + 1.0)
-        ax.set_xlabel("top-1 error (%), mean ± std over seeds")
+        ax.legend(loc="lower right", fontsize=7)
+        ax.set_xlabel("top-1 error (%) on the test set")
         ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / "errors.png", dpi=120)
@@ -496,8 +545,42 @@ def _environment(setting_name: str, setting: Setting) -> dict[str, Any]:
     return {
         "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
         "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "packages": versions, "setting_name": setting_name, "setting": dataclasses.asdict(setting),
+        "packages": versions, "setting_name": setting_name, "setting": _jsonable(dataclasses.asdict(setting)),
+        "rows_config": _rows_config(),
     }
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _rows_config() -> dict[str, Any]:
+    return _jsonable({name: dataclasses.asdict(row) for name, row in ROWS.items()})
+
+
+#: Setting fields that do not change what a run computes (how many at a time, threads, which rows / seeds to do).
+SCHEDULING_FIELDS = ("jobs", "threads", "teacher_threads", "num_workers", "rows", "seeds")
+
+
+def check_same_setting(out: Path, setting: Setting) -> None:
+    """``ValueError`` when ``out`` holds runs made with another setting or other row definitions.
+
+    Compares with the ``environment.json`` the earlier call wrote; fields missing there are not compared.
+    """
+    old = _load_json(out / "environment.json")
+    if old is None or not (out / "runs").is_dir():
+        return
+    new, prev = _jsonable(dataclasses.asdict(setting)), old.get("setting", {})
+    diffs = [f"{k}: {prev[k]!r} -> {new[k]!r}" for k in new
+             if k not in SCHEDULING_FIELDS and k in prev and prev[k] != new[k]]
+    old_rows = old.get("rows_config") or {}
+    diffs += [f"row {n}: {old_rows[n]} -> {cfg}" for n, cfg in _rows_config().items()
+              if n in old_rows and old_rows[n] != cfg]
+    if diffs:
+        raise ValueError(
+            f"{out} holds runs of another setting ({'; '.join(diffs)}): finished runs would be mixed with "
+            "different ones. Pass another --out, or delete that folder to start over."
+        )
 
 
 def report(out: Path, setting_name: str, setting: Setting) -> tuple[list[dict[str, Any]], str]:
@@ -523,18 +606,25 @@ def report(out: Path, setting_name: str, setting: Setting) -> tuple[list[dict[st
 def run_study(setting_name: str, setting: Setting, out: Path, root: str | None = None) -> str:
     """Teacher, then every missing (row, seed) run, then the report; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
+    check_same_setting(out, setting)
     (out / "environment.json").write_text(json.dumps(_environment(setting_name, setting), indent=2) + "\n")
     start = time.perf_counter()
     _quiet()
-    threads = torch.get_num_threads()
-    teacher = train_teacher(setting, out, root)
-    torch.set_num_threads(threads)
     # Seed-major order: a partial study already has every row.
     jobs = [(n, s) for s in setting.seeds for n in setting.rows
             if _load_json(out / "runs" / n / f"seed{s}" / RESULT_FILE) is None]
     total = len(setting.rows) * len(setting.seeds)
-    log.info("teacher %.2f %% error; %d of %d runs to do, %d at a time", teacher["top1_err"], len(jobs), total,
-             setting.jobs)
+    if any(ROWS[n].module is not None for n, _ in jobs):
+        if not (out / "teacher" / "teacher.pt").is_file() and any((out / "runs").glob(f"*/seed*/{RESULT_FILE}")):
+            raise ValueError(
+                f"{out / 'runs'} holds finished runs but the teacher they were distilled from "
+                f"({out / 'teacher' / 'teacher.pt'}) is missing: new runs would use a retrained teacher. "
+                "Restore the file, or delete the folder to start over."
+            )
+        threads = torch.get_num_threads()
+        train_teacher(setting, out, root)
+        torch.set_num_threads(threads)
+    log.info("%d of %d runs to do, %d at a time", len(jobs), total, setting.jobs)
     done = total - len(jobs)
 
     def finished(result: dict[str, Any]) -> None:
@@ -554,8 +644,10 @@ def run_study(setting_name: str, setting: Setting, out: Path, root: str | None =
                 log.exception("%s seed %d failed", n, s)
                 failed.append(f"{n}/seed{s}")
     else:
-        with ProcessPoolExecutor(max_workers=setting.jobs, mp_context=get_context("spawn"),
-                                 initializer=_init_worker, initargs=(setting.threads, os.getpid())) as pool:
+        context = get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=setting.jobs, mp_context=context, initializer=_init_worker,
+                                   initargs=(setting.threads, os.getpid()))
+        try:
             futures = {pool.submit(_worker, (n, s, setting, os.fspath(out), root)): (n, s) for n, s in jobs}
             for future in as_completed(futures):
                 try:
@@ -563,6 +655,12 @@ def run_study(setting_name: str, setting: Setting, out: Path, root: str | None =
                 except Exception:
                     log.exception("%s seed %d failed", *futures[future])
                     failed.append("{}/seed{}".format(*futures[future]))
+        except BaseException:  # Ctrl-C: stop now (the pool would otherwise finish every queued run first)
+            pool.shutdown(wait=False, cancel_futures=True)
+            for child in context.active_children():
+                child.terminate()
+            raise
+        pool.shutdown()
     _, text = report(out, setting_name, setting)
     log.info("study: %.1f min in this call; report in %s", (time.perf_counter() - start) / 60, out / "results.md")
     if failed:
@@ -612,14 +710,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     setting = _setting(args)
     out = args.out or Path("results") / f"study-{args.setting}"
     out.mkdir(parents=True, exist_ok=True)
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    (out / "command.txt").write_text("mgd-lightning study " + shlex.join(argv_list) + "\n")
     if args.report_only:
         _, text = report(out, args.setting, setting)
     else:
+        argv_list = list(sys.argv[1:] if argv is None else argv)
         try:
+            check_same_setting(out, setting)
+            with (out / "command.txt").open("a") as f:  # every call that ran (or resumed) the study
+                f.write("mgd-lightning study " + shlex.join(argv_list) + "\n")
             text = run_study(args.setting, setting, out, args.root)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:
             raise SystemExit(f"mgd-lightning study: {err}") from None
     print(text)  # noqa: T201 - the command's output
 

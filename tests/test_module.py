@@ -184,3 +184,17 @@ def test_classification_module_trains_and_shares_the_recipe(tmp_path):
     assert "val/acc1" in trainer.callback_metrics and "val/acc5" in trainer.callback_metrics
     with pytest.raises(ValueError, match="lr must be > 0"):
         ClassificationModule(ToyNet(), lr=0)
+
+
+def test_accuracy_is_images_right_over_images_not_a_per_class_average():
+    """The paper's top-1: with unbalanced classes the per-class mean (torchmetrics' default) would differ."""
+    from mgd_lightning import ClassificationModule
+
+    m = ClassificationModule(ToyNet((8, 16)), num_classes=10)
+    logits = torch.full((4, 10), -1.0)
+    logits[torch.arange(4), torch.tensor([0, 0, 0, 1])] = 1.0  # predictions 0, 0, 0, 1
+    m.metrics["val_acc1"].update(logits, torch.tensor([0, 0, 0, 0]))  # 3 of 4 right; class 0 recall 3/4
+    assert float(m.metrics["val_acc1"].compute()) == pytest.approx(0.75)
+    m.metrics["val_acc1"].reset()
+    m.metrics["val_acc1"].update(logits, torch.tensor([0, 0, 0, 2]))  # 3 of 4 right; macro: (1 + 0) / 2
+    assert float(m.metrics["val_acc1"].compute()) == pytest.approx(0.75)

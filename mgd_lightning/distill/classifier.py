@@ -82,7 +82,7 @@ class ClassificationModule(pl.LightningModule):
         num_classes = int(num_classes or infer_num_classes(model))
         top_k = min(5, num_classes)
         self.metrics = nn.ModuleDict({
-            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k)
+            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro")  # images right / images
             for stage in ("val", "test") for name, k in (("acc1", 1), (f"acc{top_k}", top_k))
         })
         self._top_k = top_k
