@@ -677,8 +677,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: results/study-<setting>)")
     parser.add_argument("--root", default=None, help="a folder with the Fashion-MNIST IDX files (default: the "
                                                      "Debian package's /usr/share/datasets/fashion-mnist)")
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, help="a subset of the rows")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, metavar="ROW",
+                        help=f"a subset of the rows: {' '.join(ROWS)}")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the setting's)")
     parser.add_argument("--epochs", type=int, default=None, help="student epochs (milestones scale with it)")
     parser.add_argument("--jobs", type=int, default=None, help="runs at a time (processes)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
