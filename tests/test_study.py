@@ -235,3 +235,37 @@ def test_a_folder_of_another_setting_is_refused_and_a_lost_teacher_is_not_silent
         study.main([*base, "--seeds", "1"])
     study.main([*base, "--rows", "baseline", "--seeds", "1"])  # the baseline needs no teacher
     assert (out / "runs" / "baseline" / "seed1" / "result.json").is_file()
+
+
+STUDY = Path(__file__).resolve().parents[1] / "results" / "study-cpu"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_committed_study_report_is_what_its_runs_give():
+    """results.csv and claims.json are the aggregate of the committed runs (nothing edited by hand)."""
+    setting = study.SETTINGS["cpu"]
+    runs = [json.loads(p.read_text()) for p in sorted(STUDY.glob("runs/*/seed*/result.json"))]
+    assert len(runs) == len(setting.rows) * len(setting.seeds)
+    with (STUDY / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    rows = study.aggregate(runs, setting.rows)
+    assert [r["row"] for r in table] == list(setting.rows)
+    for committed, again in zip(table, rows):
+        assert int(committed["n_seeds"]) == again["n_seeds"] == len(setting.seeds)
+        assert float(committed["top1_err_mean"]) == pytest.approx(again["top1_err_mean"])
+        assert float(committed["top1_err_std"]) == pytest.approx(again["top1_err_std"])
+    assert json.loads((STUDY / "claims.json").read_text()) == json.loads(json.dumps(study.claims(runs)))
+    env = json.loads((STUDY / "environment.json").read_text())
+    assert env["setting_name"] == "cpu" and env["packages"]["torch"]
+    for plot in ("errors.png", "matching_cost.png", "match_stability.png"):
+        assert (STUDY / plot).stat().st_size > 10_000
+
+
+def test_readme_summary_matches_the_committed_study():
+    readme, report = README.read_text(), (STUDY / "results.md").read_text()
+    table = [line for line in report.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(study.SETTINGS["cpu"].rows)
+    claims = [line for line in report.splitlines() if line.startswith(("- **", "  - "))]
+    assert len(claims) >= len(study.CLAIMS)
+    missing = [line for line in table + claims if line not in readme]
+    assert missing == [], "README's study section differs from results/study-cpu/results.md"
