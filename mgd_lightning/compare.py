@@ -23,10 +23,7 @@ wall time of a run (fit + evaluation).
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -38,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mgd_lightning.cli import run_cli
+from mgd_lightning.records import load_json, plus_minus, write_csv, write_json_atomic
 
 __all__ = ["main", "run_one", "aggregate", "method_names", "RESULT_FILE"]
 
@@ -94,12 +92,6 @@ def _redirect_checkpoints(trainer, run_dir: Path) -> None:
         callback.dirpath = os.fspath(dirpath.resolve())
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)  # atomic: a result.json is always complete
-
-
 def run_one(config: str | Path, name: str, seed: int, out: Path, extra: Sequence[str] = (),
             stage: str = "val") -> dict[str, Any]:
     """Fit ``config`` with ``seed`` into ``out/name/seed<seed>``, evaluate, write and return its result."""
@@ -138,16 +130,9 @@ def run_one(config: str | Path, name: str, seed: int, out: Path, extra: Sequence
         "metrics": {key: float(v) for key, v in metrics.items()},
         "extra_args": list(extra),
     }
-    _write_json(run_dir / RESULT_FILE, result)
+    write_json_atomic(run_dir / RESULT_FILE, result)
     log.info("run %s seed %d: top-1 err %.2f%%, %.1f s", name, seed, top1, result["wall_s"])
     return result
-
-
-def _load_result(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -176,12 +161,6 @@ def aggregate(results: list[dict[str, Any]], names: Sequence[str]) -> list[dict[
     return rows
 
 
-def _pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
-
-
 def markdown(rows: list[dict[str, Any]], stage: str) -> str:
     ks = {r["topk"] for r in rows if r["topk"] is not None}
     k = f"top-{ks.pop()}" if len(ks) == 1 else "top-k"
@@ -191,21 +170,12 @@ def markdown(rows: list[dict[str, Any]], stage: str) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['n_seeds']} | {_pm(r['top1_err_mean'], r['top1_err_std'])} "
-            f"| {_pm(r['topk_err_mean'], r['topk_err_std'])} | {r['trainable_params']:,} "
+            f"| {r['method']} | {r['n_seeds']} | {plus_minus(r['top1_err_mean'], r['top1_err_std'])} "
+            f"| {plus_minus(r['topk_err_mean'], r['topk_err_std'])} | {r['trainable_params']:,} "
             f"| {r['wall_s_mean']:.1f} |"
         )
     return (f"Errors on the {'validation' if stage == 'val' else 'test'} set of each run's best checkpoint; "
             "mean ± sample std over seeds.\n\n" + "\n".join(lines) + "\n")
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row[k] is None or (isinstance(row[k], float) and math.isnan(row[k]))
-                                 else row[k]) for k in CSV_FIELDS})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -235,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results, failed = [], []
     for config, name in zip(args.configs, names):
         for seed in args.seeds:
-            done = _load_result(out / name / f"seed{seed}" / RESULT_FILE)
+            done = load_json(out / name / f"seed{seed}" / RESULT_FILE)
             if done is not None:
                 log.info("run %s seed %d: finished earlier, skipped", name, seed)
                 results.append(done)
@@ -248,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 log.exception("run %s seed %d failed", name, seed)
                 failed.append(f"{name}/seed{seed}")
     rows = aggregate(results, names)
-    _write_csv(out / "results.csv", rows)
+    write_csv(out / "results.csv", rows, CSV_FIELDS)
     table = markdown(rows, args.stage)
     (out / "results.md").write_text(table)
     print(table)  # noqa: T201 - the command's output

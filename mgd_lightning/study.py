@@ -27,7 +27,6 @@ than mixed.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import logging
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mgd_lightning.records import load_json, plus_minus, write_csv, write_json_atomic
 
 __all__ = ["ROWS", "SETTINGS", "Row", "Setting", "claims", "main", "run_study"]
 
@@ -170,20 +171,6 @@ def _errors(trainer) -> tuple[float, float]:
     return 100.0 * (1.0 - float(metrics["val/acc1"])), 100.0 * (1.0 - float(metrics["val/acc5"]))
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)  # atomic: a result.json is always complete
-
-
-def _load_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def train_teacher(setting: Setting, out: Path, root: str | None = None) -> dict[str, Any]:
     """Train the teacher once (seed 0) into ``out/teacher``; reuse it when it is there already."""
     import pytorch_lightning as pl
@@ -192,7 +179,7 @@ def train_teacher(setting: Setting, out: Path, root: str | None = None) -> dict[
     from mgd_lightning.models import build_model
 
     weights, result_path = out / "teacher" / "teacher.pt", out / "teacher" / RESULT_FILE
-    done = _load_json(result_path)
+    done = load_json(result_path)
     if done is not None and weights.is_file():
         log.info("teacher: trained earlier (%.2f %% top-1 error), reused", done["top1_err"])
         return done
@@ -211,7 +198,7 @@ def train_teacher(setting: Setting, out: Path, root: str | None = None) -> dict[
     torch.save(module.model.state_dict(), weights)
     result = {"top1_err": top1, "top5_err": top5, "wall_s": time.perf_counter() - start,
               "train_images": setting.teacher_train_images, "epochs": setting.teacher_epochs, "model": TEACHER}
-    _write_json(result_path, result)
+    write_json_atomic(result_path, result)
     log.info("teacher: %.2f %% top-1 error, %.0f s", top1, result["wall_s"])
     return result
 
@@ -255,7 +242,7 @@ def run_student(name: str, seed: int, setting: Setting, out: Path, root: str | N
         "matching_updates": len(history), "matching_s": sum(r["pass_s"] + r["solve_s"] for r in history),
         "history": history, "threads": torch.get_num_threads(),
     }
-    _write_json(out / "runs" / name / f"seed{seed}" / RESULT_FILE, result)
+    write_json_atomic(out / "runs" / name / f"seed{seed}" / RESULT_FILE, result)
     return result
 
 
@@ -392,10 +379,6 @@ def claims(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.2f} ± {std:.2f}" if not math.isnan(std) else f"{mean:.2f}"
-
-
 NOTES = """Notes on the design (what a reader comparing with the paper should know):
 - One teacher (seed 0) for all runs. Within a seed every row starts from the same student weights and trains on
   the same images; the shuffling and crops differ between rows (the random stream is consumed differently).
@@ -427,8 +410,8 @@ def markdown(rows: Sequence[dict[str, Any]], checked: Sequence[dict[str, Any]], 
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['n_seeds']} | {_pm(r['top1_err_mean'], r['top1_err_std'])} "
-                     f"| {_pm(r['top5_err_mean'], r['top5_err_std'])} | {r['trainable_params']:,} "
+        lines.append(f"| {r['label']} | {r['n_seeds']} | {plus_minus(r['top1_err_mean'], r['top1_err_std'])} "
+                     f"| {plus_minus(r['top5_err_mean'], r['top5_err_std'])} | {r['trainable_params']:,} "
                      f"| {r['matching_updates']} | {r['wall_s_mean']:.0f} |")
     lines += ["", "## The paper's claims, checked", "",
               "Differences are paired by seed: top-1 error of the first row minus the second, in points, "
@@ -442,19 +425,10 @@ def markdown(rows: Sequence[dict[str, Any]], checked: Sequence[dict[str, Any]], 
         for d in c["comparisons"]:
             ci = ("" if math.isnan(d["ci95_low"]) else f", 95 % CI [{d['ci95_low']:.2f}, {d['ci95_high']:.2f}]")
             lines.append(f"  - {ROWS[d['first']].label} vs {ROWS[d['second']].label}: "
-                         f"{_pm(d['diff_mean'], d['diff_std'])}{ci}, first better in {d['first_better_seeds']}/"
+                         f"{plus_minus(d['diff_mean'], d['diff_std'])}{ci}, first better in {d['first_better_seeds']}/"
                          f"{d['n']} seeds: {d['verdict']}")
     lines += ["", NOTES]
     return "\n".join(lines)
-
-
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if isinstance(row.get(k), float) and math.isnan(row[k]) else row.get(k))
-                             for k in fields})
 
 
 PLOT_ROWS = ("mgd_amp_every1", "mgd_amp", "mgd_amp_every4", "mgd_amp_online")
@@ -568,7 +542,7 @@ def check_same_setting(out: Path, setting: Setting) -> None:
 
     Compares with the ``environment.json`` the earlier call wrote; fields missing there are not compared.
     """
-    old = _load_json(out / "environment.json")
+    old = load_json(out / "environment.json")
     if old is None or not (out / "runs").is_dir():
         return
     new, prev = _jsonable(dataclasses.asdict(setting)), old.get("setting", {})
@@ -587,14 +561,14 @@ def check_same_setting(out: Path, setting: Setting) -> None:
 def report(out: Path, setting_name: str, setting: Setting) -> tuple[list[dict[str, Any]], str]:
     """Read every finished run under ``out`` and write the CSVs, markdown and plots; return (rows, markdown)."""
     results = [r for n in setting.rows for p in sorted((out / "runs" / n).glob(f"seed*/{RESULT_FILE}"))
-               if (r := _load_json(p)) is not None and r["seed"] in setting.seeds]
-    teacher = _load_json(out / "teacher" / RESULT_FILE)
+               if (r := load_json(p)) is not None and r["seed"] in setting.seeds]
+    teacher = load_json(out / "teacher" / RESULT_FILE)
     rows = aggregate(results, setting.rows)
     checked = claims(results)
-    _write_csv(out / "results.csv", rows, ["row", "label", "n_seeds", "seeds", "top1_err_mean", "top1_err_std",
+    write_csv(out / "results.csv", rows, ["row", "label", "n_seeds", "seeds", "top1_err_mean", "top1_err_std",
                                           "top5_err_mean", "top5_err_std", "trainable_params", "matching_updates",
                                           "wall_s_mean"])
-    _write_csv(out / "runs.csv", sorted(results, key=lambda r: (setting.rows.index(r["row"]), r["seed"])),
+    write_csv(out / "runs.csv", sorted(results, key=lambda r: (setting.rows.index(r["row"]), r["seed"])),
                ["row", "seed", "top1_err", "top5_err", "wall_s", "matching_updates", "matching_s", "threads"])
     (out / "claims.json").write_text(json.dumps(checked, indent=2) + "\n")
     text = markdown(rows, checked, teacher, setting_name, setting)
@@ -613,7 +587,7 @@ def run_study(setting_name: str, setting: Setting, out: Path, root: str | None =
     _quiet()
     # Seed-major order: a partial study already has every row.
     jobs = [(n, s) for s in setting.seeds for n in setting.rows
-            if _load_json(out / "runs" / n / f"seed{s}" / RESULT_FILE) is None]
+            if load_json(out / "runs" / n / f"seed{s}" / RESULT_FILE) is None]
     total = len(setting.rows) * len(setting.seeds)
     if any(ROWS[n].module is not None for n, _ in jobs):
         if not (out / "teacher" / "teacher.pt").is_file() and any((out / "runs").glob(f"*/seed*/{RESULT_FILE}")):
