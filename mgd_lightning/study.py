@@ -578,10 +578,17 @@ def report(out: Path, setting_name: str, setting: Setting) -> tuple[list[dict[st
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def run_study(setting_name: str, setting: Setting, out: Path, root: str | None = None) -> str:
-    """Teacher, then every missing (row, seed) run, then the report; returns the markdown."""
+def run_study(setting_name: str, setting: Setting, out: Path, root: str | None = None,
+              command: str | None = None) -> str:
+    """Teacher, then every missing (row, seed) run, then the report; returns the markdown.
+
+    ``command`` (the command line) is appended to ``out/command.txt`` once the folder is known to fit.
+    """
     out.mkdir(parents=True, exist_ok=True)
     check_same_setting(out, setting)
+    if command is not None:
+        with (out / "command.txt").open("a") as f:  # every call that ran (or resumed) the study
+            f.write(command + "\n")
     (out / "environment.json").write_text(json.dumps(_environment(setting_name, setting), indent=2) + "\n")
     start = time.perf_counter()
     _quiet()
@@ -689,12 +696,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.report_only:
         _, text = report(out, args.setting, setting)
     else:
-        argv_list = list(sys.argv[1:] if argv is None else argv)
+        command = "mgd-lightning study " + shlex.join(sys.argv[1:] if argv is None else argv)
         try:
-            check_same_setting(out, setting)
-            with (out / "command.txt").open("a") as f:  # every call that ran (or resumed) the study
-                f.write("mgd-lightning study " + shlex.join(argv_list) + "\n")
-            text = run_study(args.setting, setting, out, args.root)
+            text = run_study(args.setting, setting, out, args.root, command)
         except (FileNotFoundError, ValueError) as err:
             raise SystemExit(f"mgd-lightning study: {err}") from None
     print(text)  # noqa: T201 - the command's output
