@@ -70,8 +70,9 @@ def channel_cost(
         metric: ``"euclidean"`` is Eq. 6 itself, ``d_ij = sum_b ||s_bi - t_bj||^2`` over the
             flattened channel maps. ``"cosine"`` is the same distance on channel maps
             L2-normalised per image, i.e. ``sum_b (2 - 2 cos(s_bi, t_bj))`` (the reference
-            code's choice). An all-zero map stays zero after normalisation, so its distance to
-            any normalised map is 1 per image.
+            code's choice, ``mgd/builder.py`` ``track_running_stats``). As there, the cosine of an
+            all-zero map with any map is 0, so an all-zero channel costs 2 per image against every
+            channel (also against another all-zero one): it is never preferred.
         dtype: dtype of the returned matrix, e.g. ``torch.float64`` to accumulate a long matching
             pass batch after batch. ``None``: the compute dtype.
         eps: guard against division by zero in the normalisation.
@@ -97,15 +98,15 @@ def channel_cost(
         t_norm = t.norm(dim=2, keepdim=True)
         s = s / s_norm.clamp_min(eps)
         t = t / t_norm.clamp_min(eps)
-        # ||s_bi||^2 after normalisation is 1, or 0 for an all-zero map
-        s_sq = (s_norm > eps).sum(dim=(1, 2)).to(compute_dtype)
-        t_sq = (t_norm > eps).sum(dim=(1, 2)).to(compute_dtype)
+        # sum_b (2 - 2 cos): a zero map normalises to zero, so its cosine is 0 (reference code)
+        cross = s.reshape(c_s, -1) @ t.reshape(c_t, -1).T
+        cost = 2.0 * b - 2.0 * cross
     else:
+        # ||s_bi - t_bj||^2 = ||s_bi||^2 + ||t_bj||^2 - 2 <s_bi, t_bj>, each summed over b.
         s_sq = s.pow(2).sum(dim=(1, 2))
         t_sq = t.pow(2).sum(dim=(1, 2))
-    # ||s_bi - t_bj||^2 = ||s_bi||^2 + ||t_bj||^2 - 2 <s_bi, t_bj>, each summed over b.
-    cross = s.reshape(c_s, -1) @ t.reshape(c_t, -1).T
-    cost = s_sq[:, None] + t_sq[None, :] - 2.0 * cross
+        cross = s.reshape(c_s, -1) @ t.reshape(c_t, -1).T
+        cost = s_sq[:, None] + t_sq[None, :] - 2.0 * cross
     if dtype is not None:
         cost = cost.to(dtype)
     return cost.clamp_min_(0.0)

@@ -53,7 +53,7 @@ def test_matching_is_the_optimum_of_the_pass_cost(tmp_path):
     idx = cb.subset_indices(len(data), 0, 0, 1)
     assert len(idx) == 40 and cb.last_num_images == 40
     reference.eval()
-    _, _, s_feats, t_feats = reference.forward_features(data.tensors[0][idx])
+    _, _, s_feats, t_feats = reference.forward_features(data.tensors[0][idx], student_bn=False)  # raw taps
     for k in range(2):
         want = channel_cost(s_feats[k], t_feats[k], "cosine", dtype=torch.float64, compute_dtype=torch.float64)
         torch.testing.assert_close(cb.last_costs[k], want, rtol=1e-5, atol=1e-4)  # float32 per batch
@@ -71,7 +71,7 @@ def test_student_mode_restored_also_when_the_pass_raises(tmp_path):
     cb.update_matching(trainer, m)
     assert m.student.training and all(b.training for b in m.student_bns) and not m.teacher.training
 
-    def boom(x):
+    def boom(x, **kwargs):
         raise RuntimeError("boom")
 
     m.forward_features = boom
@@ -82,6 +82,48 @@ def test_student_mode_restored_also_when_the_pass_raises(tmp_path):
     del m.forward_features
     cb.update_matching(trainer, m)
     assert not m.student.training
+
+
+@pytest.mark.parametrize("mode", ["pass", "online"])
+def test_cost_ignores_the_student_side_batchnorm(tmp_path, mode):
+    """The reference code's matching cost uses the raw student taps (``extract_feature``): changing the
+    statistics and affine parameters of the student-side BN must not change it (pass and online mode);
+    ``student_bn_in_cost=True`` (opt-in) does depend on them."""
+    m = _module()
+    train, _ = _loaders()
+    if mode == "pass":
+        cb = MGDMatchingCallback(num_samples=48)
+        trainer = _trainer(tmp_path, callbacks=[cb], limit_train_batches=1)
+        trainer.fit(m, train)  # attaches the loader and trainer
+        before, _ = cb.compute_costs(trainer, m)
+    g = torch.Generator().manual_seed(1)
+    for bn in m.student_bns:  # a BN with shifts and sign flips, as after training
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=g) * 3)
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) * 4 + 0.1)
+        with torch.no_grad():
+            bn.weight.copy_(torch.randn(bn.num_features, generator=g))
+            bn.bias.copy_(torch.randn(bn.num_features, generator=g) * 2)
+    if mode == "pass":
+        after, _ = cb.compute_costs(trainer, m)
+        for a, b in zip(before, after):
+            torch.testing.assert_close(a, b)
+        with_bn, _ = MGDMatchingCallback(num_samples=48, student_bn_in_cost=True).compute_costs(trainer, m)
+        assert not torch.allclose(with_bn[0], after[0], rtol=1e-3)
+        return
+    # online: the kept features are the raw taps of the training forward, not the BN'd ones
+    seen = []
+
+    class Spy(pl.Callback):  # runs before the matching callback consumes the kept features
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            raw = [f.detach() for f in pl_module.student_taps.features]
+            kept = pl_module.last_train_features[0]
+            bn_d = pl_module.apply_student_bn(raw)
+            seen.append(all(torch.equal(r, k) for r, k in zip(raw, kept))
+                        and not any(torch.allclose(b, k) for b, k in zip(bn_d, kept)))
+
+    cb = MGDMatchingCallback(mode="online")
+    _trainer(tmp_path, callbacks=[Spy(), cb], max_epochs=1, limit_train_batches=2).fit(m, train)
+    assert seen == [True, True]
 
 
 class _NaNMatchingData(pl.LightningDataModule):

@@ -141,10 +141,11 @@ def _direct_cost(student, teacher, metric):
             for j in range(c_t):
                 s = student[n, i].flatten().double()
                 t = teacher[n, j].flatten().double()
-                if metric == "cosine":
-                    s = s / s.norm().clamp_min(1e-12)
-                    t = t / t.norm().clamp_min(1e-12)
-                out[i, j] += ((s - t) ** 2).sum()
+                if metric == "cosine":  # the reference code: 2 - 2 cos, cos = 0 for an all-zero map
+                    cos = (s @ t) / (s.norm() * t.norm()) if s.norm() > 0 and t.norm() > 0 else 0.0
+                    out[i, j] += 2 - 2 * cos
+                else:
+                    out[i, j] += ((s - t) ** 2).sum()
     return out
 
 
@@ -159,6 +160,24 @@ def test_channel_cost_matches_eq6(metric):
     torch.testing.assert_close(got, _direct_cost(student, teacher, metric), rtol=1e-9, atol=1e-9)
     if metric == "cosine":  # 2 - 2cos per image, within [0, 4B]
         assert float(got.min()) >= 0.0 and float(got.max()) <= 12.0
+
+
+def test_channel_cost_of_zero_maps_is_two_per_image_as_the_reference_code():
+    """An all-zero channel map has cosine 0 with anything: 2 per image (``mgd/builder.py``: ``2 - 2 * bmm`` of
+    ``F.normalize``d maps), also against another all-zero map; euclidean is the plain squared distance."""
+    student = torch.randn(3, 2, 4, 4)
+    teacher = torch.randn(3, 4, 4, 4)
+    student[:, 0] = 0.0  # student channel 0 all-zero in every image
+    teacher[:, 3] = 0.0  # teacher channel 3 all-zero in every image
+    cost = channel_cost(student, teacher, dtype=torch.float64)
+    torch.testing.assert_close(cost[0], torch.full((4,), 6.0, dtype=torch.float64))  # 2 per image x 3 images
+    torch.testing.assert_close(cost[:, 3], torch.full((2,), 6.0, dtype=torch.float64))
+    # so a zero teacher channel is the worst partner of a student channel it is positively correlated with
+    teacher[:, 2] = student[:, 1] * 3.0
+    cost = channel_cost(student, teacher, dtype=torch.float64)
+    assert float(cost[1, 2]) < 1e-5 < float(cost[1, 3]) - 5.99
+    euclid = channel_cost(student, teacher, metric="euclidean", dtype=torch.float64)
+    torch.testing.assert_close(euclid[0, 3], torch.tensor(0.0, dtype=torch.float64))
 
 
 def test_channel_cost_keeps_dtype_and_device_and_is_additive():

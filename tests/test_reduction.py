@@ -87,7 +87,8 @@ def test_selected_margin_is_exact_margin_relu_of_chosen_channel(method):
     teacher, groups = _setup()
     margin = -torch.rand(teacher.shape[1]) - 0.1
     gen = torch.Generator().manual_seed(3)
-    reduced, red_margin = reduce_teacher_and_margin(teacher, margin, groups, method, generator=gen)
+    reduced, red_margin = reduce_teacher_and_margin(teacher, margin, groups, method, generator=gen,
+                                                     margin_reduction="selected")
     assert red_margin.shape == reduced.shape
     # the reduced target equals sigma_T of the chosen teacher value, element by element
     target = torch.maximum(reduced, red_margin)
@@ -97,20 +98,36 @@ def test_selected_margin_is_exact_margin_relu_of_chosen_channel(method):
     torch.testing.assert_close(target, transformed.gather(2, chosen).squeeze(2))
 
 
-def test_reference_margins():
+def test_official_margins_per_reduction():
+    """The reference code's margins (``mgd/builder.py``): AMP the group mean, MP (``sp``) the group max, AvgP
+    the mean, RD one random member per student channel, SM the matched channel; one value per channel. It is
+    the default."""
     teacher, groups = _setup()
     margin = -torch.rand(teacher.shape[1])
-    _, m_amp = reduce_teacher_and_margin(teacher, margin, groups, "amp", margin_reduction="reference")
+    _, m_amp = reduce_teacher_and_margin(teacher, margin, groups, "amp")
+    assert m_amp.shape == (1, 3, 1, 1)
     torch.testing.assert_close(m_amp.flatten(), margin[groups].mean(dim=1))
+    _, m_mp = reduce_teacher_and_margin(teacher, margin, groups, "mp", margin_reduction="official")
+    torch.testing.assert_close(m_mp.flatten(), margin[groups].max(dim=1).values)
+    assert not torch.allclose(m_mp.flatten(), margin[groups].mean(dim=1))
     _, m_avg = reduce_teacher_and_margin(teacher, margin, groups, "avg")
     torch.testing.assert_close(m_avg.flatten(), margin[groups].mean(dim=1))
-    _, m_rd = reduce_teacher_and_margin(teacher, margin, groups, "rd", margin_reduction="reference")
+    _, m_rd = reduce_teacher_and_margin(teacher, margin, groups, "rd")
     assert m_rd.shape == (1, 3, 1, 1)
     for i, row in enumerate(groups.tolist()):
         assert any(torch.isclose(m_rd.flatten()[i], margin[j]) for j in row)
     sm_groups = groups[:, :1]
     _, m_sm = reduce_teacher_and_margin(teacher, margin, sm_groups, "sm")
     torch.testing.assert_close(m_sm.flatten(), margin[sm_groups[:, 0]])
+
+
+def test_selected_margins_are_opt_in_and_per_position():
+    teacher, groups = _setup()
+    margin = -torch.rand(teacher.shape[1])
+    for method in ("amp", "mp", "rd"):
+        _, m_default = reduce_teacher_and_margin(teacher, margin, groups, method)
+        _, m_sel = reduce_teacher_and_margin(teacher, margin, groups, method, margin_reduction="selected")
+        assert m_default.shape == (1, 3, 1, 1) and m_sel.shape == (2, 3, 4, 5)
 
 
 def test_gradients_do_not_need_teacher_but_flow_when_asked():

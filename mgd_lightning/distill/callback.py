@@ -12,6 +12,11 @@ used as it is (with its augmentation). Either way the subset is drawn with a gen
 ``seed + epoch``, identically on every rank, and rank ``r`` of ``W`` runs the ``r``-th of ``W``
 disjoint contiguous slices of it: no image is processed twice, each rank does ``1/W`` of the work.
 
+Student features of the cost. As in the reference code (``mgd/builder.py``, ``extract_feature``), the
+cost compares the student's *raw* tap features: the student-side BatchNorm that the loss applies is not
+part of it, so the matching does not depend on that BN's statistics or affine parameters.
+``student_bn_in_cost=True`` (opt-in, this package's earlier behaviour) computes it after that BN.
+
 Online mode (beyond the paper). ``mode="online"`` skips the extra pass: the costs are accumulated from
 the training steps' own features of the epochs since the last update (augmented inputs, student in
 train mode), and the next update solves on them. The first update, and one after a resume that left no
@@ -55,6 +60,8 @@ class MGDMatchingCallback(pl.Callback):
         progress_bar: show a progress bar for the pass on rank 0 (when the trainer has one).
         mode: ``"pass"`` (the paper: a no-grad pass over the subset at each update) or ``"online"``
             (costs accumulated from the training forwards between updates; no extra pass).
+        student_bn_in_cost: ``False`` (default, reference code): the cost uses the raw student taps;
+            ``True``: the taps after the student-side BatchNorm (in eval mode for the pass).
 
     Attributes:
         history: one dict per update (epoch, step, images, pass and solve seconds, and per tap the
@@ -73,6 +80,7 @@ class MGDMatchingCallback(pl.Callback):
         num_workers: int | None = None,
         progress_bar: bool = True,
         mode: str = "pass",
+        student_bn_in_cost: bool = False,
     ) -> None:
         if update_every_n_epochs < 1:
             raise ValueError(f"update_every_n_epochs must be >= 1; got {update_every_n_epochs}")
@@ -83,6 +91,7 @@ class MGDMatchingCallback(pl.Callback):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
         self.mode = mode
+        self.student_bn_in_cost = bool(student_bn_in_cost)
         self._online_costs: list[torch.Tensor] = []
         self._online_count: torch.Tensor | None = None
         self.update_every_n_epochs = update_every_n_epochs
@@ -111,7 +120,7 @@ class MGDMatchingCallback(pl.Callback):
     # ------------------------------------------------------------------ online accumulation
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.mode == "online" and isinstance(pl_module, DistillationModule):
-            pl_module.keep_train_features = True
+            pl_module.keep_train_features = "bn" if self.student_bn_in_cost else "raw"
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.mode != "online" or not isinstance(pl_module, DistillationModule):
@@ -181,7 +190,7 @@ class MGDMatchingCallback(pl.Callback):
                     batch = trainer.strategy.batch_to_device(batch)
                     x, _ = split_batch(batch)
                     with trainer.precision_plugin.forward_context():
-                        _, _, s_feats, t_feats = pl_module.forward_features(x)
+                        _, _, s_feats, t_feats = pl_module.forward_features(x, student_bn=self.student_bn_in_cost)
                     with torch.autocast(device_type=device.type, enabled=False):
                         for cost, s, t in zip(costs, s_feats, t_feats):
                             cost += channel_cost(s, t, self.metric, dtype=torch.float64)

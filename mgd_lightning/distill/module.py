@@ -39,7 +39,7 @@ def _default_input_size(*models: nn.Module) -> tuple[int, int, int]:
 class DistillationModule(ClassificationModule):
     """Matching Guided Distillation of ``teacher`` into ``student``.
 
-    Loss per step (Eq. 2): ``CE(student) + distill_weight * sum_k w_k d_p(BN_k(S_k),
+    Loss per step (Eq. 2): ``ce_weight * CE(student) + distill_weight * sum_k w_k d_p(BN_k(S_k),
     sigma_T(rho(T_k, M_k))) / (B * loss_factor) [+ kd_weight * KD]``, with ``rho`` the reducer
     (Eq. 12-15), ``sigma_T`` the margin ReLU (Eq. 4) and ``d_p`` the partial L2 (Eq. 5).
 
@@ -59,13 +59,18 @@ class DistillationModule(ClassificationModule):
         input_size: (C, H, W) used to probe tap shapes at construction; default from the models'
             ``default_input_size`` or (3, 224, 224).
         distill_weight: gamma of Eq. 2.
-        tap_weights: per-tap weights; default ``1 / 2^(N-k-1)`` (reference code: 1/8, 1/4, 1/2, 1).
-        loss_factor: divisor of the distillation term (reference code: 1e4 for 224 px inputs).
+        tap_weights: per-tap weights; ``None``: the distiller's own default (MGD and OFD: ``1 / 2^(N-k-1)``,
+            the reference code's 1/8, 1/4, 1/2, 1; AT: equal; FitNets: 100 at the hint tap only).
+        loss_factor: divisor of the distillation term; ``None``: the distiller's own default (MGD and OFD:
+            1e4, the reference code's factor for 224 px inputs, use 1e3 for 32 px; AT, FitNets: 1).
         student_bn: a trainable BatchNorm on each student tap (reference code), optimised with the
             student; ``False`` compares the raw student feature.
-        margin_reduction: how margins follow the reduction, ``"selected"`` or ``"reference"``
-            (:mod:`mgd_lightning.reduction`).
-        kd_weight, kd_temperature: Hinton KD on top (reference: weight 1, T = 1.5 when enabled).
+        margin_reduction: how margins follow the reduction: ``"official"`` (default, the reference code:
+            group mean for AMP, group max for MP, a random member for RD) or ``"selected"`` (opt-in, ours:
+            the margin of the channel selected at each position) (:mod:`mgd_lightning.reduction`).
+        kd_weight, kd_temperature: Hinton KD on top (MGD reference: weight 1, T = 1.5 when enabled); the
+            KD baseline's recipes are in :data:`mgd_lightning.distillers.KD_RECIPES`.
+        ce_weight: weight of the student's cross-entropy (1; mdistiller's KD recipes use 0.1 / 0.5).
         lr, momentum, nesterov, weight_decay, lr_milestones, lr_gamma: SGD with step decay
             (reference: 0.01 for a pre-trained student, 0.9, Nesterov, 1e-4, x0.1 every 30 epochs).
         num_classes: for the accuracy metrics; default from the student's output width.
@@ -83,11 +88,12 @@ class DistillationModule(ClassificationModule):
         input_size: Sequence[int] | None = None,
         distill_weight: float = 1.0,
         tap_weights: Sequence[float] | None = None,
-        loss_factor: float = 1e4,
+        loss_factor: float | None = None,
         student_bn: bool = True,
-        margin_reduction: str = "selected",
+        margin_reduction: str = "official",
         kd_weight: float = 0.0,
         kd_temperature: float = 1.5,
+        ce_weight: float = 1.0,
         lr: float = 0.01,
         momentum: float = 0.9,
         nesterov: bool = True,
@@ -104,8 +110,10 @@ class DistillationModule(ClassificationModule):
             raise ValueError(f"distiller='kd' distils the logits only: set kd_weight > 0 (got kd_weight={kd_weight})")
         if margin_reduction not in MARGIN_REDUCTIONS:
             raise ValueError(f"margin_reduction must be one of {MARGIN_REDUCTIONS}; got {margin_reduction!r}")
-        if loss_factor <= 0:
-            raise ValueError(f"loss_factor must be > 0; got {loss_factor}")
+        if loss_factor is not None and loss_factor <= 0:
+            raise ValueError(f"loss_factor must be > 0 (or None for the distiller's default); got {loss_factor}")
+        if ce_weight < 0 or kd_weight < 0:
+            raise ValueError(f"ce_weight and kd_weight must be >= 0; got ce_weight={ce_weight}, kd_weight={kd_weight}")
         super().__init__(
             student, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
             lr_milestones=lr_milestones, lr_gamma=lr_gamma, num_classes=num_classes,
@@ -168,10 +176,16 @@ class DistillationModule(ClassificationModule):
             self.register_buffer(f"margin_{k}", margin)
 
         self.distill_weight = 0.0 if distiller == "kd" else float(distill_weight)
-        if tap_weights is None:
-            tap_weights = [1.0 / 2 ** (self.num_taps - k - 1) for k in range(self.num_taps)]
-        if len(tap_weights) != self.num_taps:
+        if tap_weights is not None and len(tap_weights) != self.num_taps:
             raise ValueError(f"tap_weights needs {self.num_taps} values (one per tap); got {list(tap_weights)}")
+        if distiller in FEATURE_DISTILLERS:
+            cls = FEATURE_DISTILLERS[distiller]
+            tap_weights = cls.default_tap_weights(self.num_taps) if tap_weights is None else tap_weights
+            loss_factor = cls.default_loss_factor if loss_factor is None else loss_factor
+        else:  # MGD (and KD, which has no feature term): the reference code's weights and 1e4
+            tap_weights = [1.0 / 2 ** (self.num_taps - k - 1) for k in range(self.num_taps)] if tap_weights is None \
+                else tap_weights
+            loss_factor = 1e4 if loss_factor is None else loss_factor
         self.tap_weights = [float(w) for w in tap_weights]
         self.loss_factor = float(loss_factor)
         use_bn = student_bn and self.distill_weight > 0 and distiller == "mgd"
@@ -186,8 +200,10 @@ class DistillationModule(ClassificationModule):
             )
         self.kd_weight = float(kd_weight)
         self.kd_temperature = float(kd_temperature)
-        # Set by MGDMatchingCallback(mode="online"): keep the last training step's (detached) tap features.
-        self.keep_train_features = False
+        self.ce_weight = float(ce_weight)
+        # Set by MGDMatchingCallback(mode="online"): keep the last training step's (detached) tap features
+        # for the matching cost: "raw" student taps (reference code), "bn" after the student-side BN, or None.
+        self.keep_train_features: str | None = None
         self.last_train_features: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ construction helpers
@@ -250,15 +266,22 @@ class DistillationModule(ClassificationModule):
         return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
 
     # ------------------------------------------------------------------ forward and losses
-    def forward_features(self, x: torch.Tensor):
+    def forward_features(self, x: torch.Tensor, student_bn: bool = True):
         """One forward of each network. Returns ``(student_logits, teacher_logits, student_feats,
-        teacher_feats)``; student features have passed the student-side BN; no teacher gradients."""
+        teacher_feats)``; student features have passed the student-side BN unless ``student_bn=False``
+        (the raw taps, which the matching cost uses); no teacher gradients."""
         with torch.no_grad():
             t_logits = self.teacher(x)
             t_feats = self.teacher_taps.features
         s_logits = self.student(x)
-        s_feats = [bn(f) for bn, f in zip(self.student_bns, self.student_taps.features)]
+        s_feats = self.student_taps.features
+        if student_bn:
+            s_feats = self.apply_student_bn(s_feats)
         return s_logits, t_logits, s_feats, t_feats
+
+    def apply_student_bn(self, s_feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The student-side BatchNorm of each tap (identity when ``student_bn=False``)."""
+        return [bn(f) for bn, f in zip(self.student_bns, s_feats)]
 
     def distillation_losses(self, s_feats: list[torch.Tensor], t_feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-tap weighted partial L2 (Eq. 5) between student and reduced teacher, scaled by
@@ -276,11 +299,13 @@ class DistillationModule(ClassificationModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = split_batch(batch)
-        s_logits, t_logits, s_feats, t_feats = self.forward_features(x)
-        if self.keep_train_features:
-            self.last_train_features = ([f.detach() for f in s_feats], [f.detach() for f in t_feats])
+        s_logits, t_logits, raw_feats, t_feats = self.forward_features(x, student_bn=False)
+        s_feats = self.apply_student_bn(raw_feats)
+        if self.keep_train_features is not None:
+            kept = raw_feats if self.keep_train_features == "raw" else s_feats
+            self.last_train_features = ([f.detach() for f in kept], [f.detach() for f in t_feats])
         ce = F.cross_entropy(s_logits, y)
-        loss = ce
+        loss = self.ce_weight * ce if self.ce_weight != 1.0 else ce
         logs = {"train/ce": ce.detach()}
         if self.distill_weight > 0:
             per_tap = self.distillation_losses(s_feats, t_feats)
