@@ -5,30 +5,57 @@ hook) or the *input of its last call* (forward pre-hook). :class:`FeatureTaps` r
 once; every normal forward of the model then leaves the tapped tensors in ``taps.features``: one
 forward pass per step, no re-running of partial networks.
 
-Presets, picked from the architecture (:func:`preset_taps`), at the last unit of each stage:
+Presets, picked from the architecture (:func:`preset_taps`): a model's own ``distillation_taps``
+first, then the torchvision classes:
 
-==========================  ===========================================  ===============================
-architecture                tapped tensor                                 why
-==========================  ===========================================  ===============================
-torchvision ResNet          input of ``layerK[-1].relu`` at its last call  the residual sum before the
-(18/34/50/101/152)          (K = 1..4)                                    final ReLU (paper Fig. 3a);
-                                                                          the sum has no module, the
-                                                                          shared ReLU's last call takes it
-torchvision MobileNet-V2    output of the depthwise BN ``conv.1.1`` of    "the expanded intermediate
-                            the last inverted unit at each resolution     feature before ReLU6" (Fig. 3b)
-                            56, 28, 14, 7 (``features.3/6/13/17``)        at the unit's output resolution;
-                                                                          the 112 px stage is skipped
-torchvision ShuffleNet-V2   output of the last unit of ``stage2/3/4``     the unit output after channel
-                            (28, 14, 7 px)                                shuffle (Fig. 3c); the 56 px
-                                                                          stem is skipped
-package models              output of the ``nn.Identity`` modules listed  declared by the architecture
-(MobileNet-V1, CIFAR WRN,   in ``model.distillation_taps``                (see :mod:`mgd_lightning.models`)
+==========================  ==============================================  ===============================
+architecture                tapped tensor                                   why
+==========================  ==============================================  ===============================
+torchvision ResNet          input of ``layerK[-1].relu`` at its last call    the residual sum before the
+(18/34/50/101/152)          (K = 1..4)                                      final ReLU (paper Fig. 3a);
+                                                                            the sum has no module, the
+                                                                            shared ReLU's last call takes it
+``mobilenet_v2_mgd``        output of the depthwise BN ``conv.1.1`` of      the reference code's student
+(the reference code's       the FIRST unit of the next stage,               and taps (``extract_feature``):
+MobileNet-V2 student,       ``features.7/11/17``: 192 @ 28, 384 @ 14,       "the expanded intermediate
+``MobileNetV2MGD``)         960 @ 7 px (declared ``distillation_taps``)     feature before ReLU6" (Fig. 3b);
+                                                                            its skipped first tap
+                                                                            (``features.4``, 144 @ 28) is
+                                                                            not declared
+``shufflenet_v2_x*_mgd``    output of ``stage2/3/4`` (28, 14, 7 px;         the reference code's student:
+(the reference code's       116/232/464 ch for x1.0), pre-ReLU              the unit output after channel
+ShuffleNet-V2 student,      (declared ``distillation_taps``)                shuffle (Fig. 3c), pre-ReLU;
+``ShuffleNetV2MGD``)                                                        its skipped first tap (the
+                                                                            56 px ``maxpool``) is not
+                                                                            declared
+torchvision MobileNet-V2    output of the depthwise BN ``conv.1.1`` of      Fig. 3b on torchvision's
+(torchvision's standard     the last inverted unit at each resolution       standard network (not the
+network)                    56, 28, 14, 7 (``features.3/6/13/17``:          reference code's student: other
+                            144/192/576/960 channels)                       strides, other units); the
+                                                                            112 px stage is skipped
+torchvision ShuffleNet-V2   output of the last unit of ``stage2/3/4``       Fig. 3c on torchvision's
+(torchvision's standard     (28, 14, 7 px)                                  standard network, whose unit
+network)                                                                    outputs are post-ReLU (no
+                                                                            negative values); the 56 px
+                                                                            stem is skipped
+package models              output of the ``nn.Identity`` modules listed    declared by the architecture
+(MobileNet-V1, CIFAR WRN,   in ``model.distillation_taps``                  (see :mod:`mgd_lightning.models`)
 CIFAR ResNet)
-==========================  ===========================================  ===============================
+==========================  ==============================================  ===============================
 
-A tapped tensor must not be modified in place by the rest of the forward: each preset names the
-activation modules that would do so, and :class:`FeatureTaps` sets their ``inplace`` to ``False``
-(for taps given by name, every activation of the model). Nothing is cloned.
+With ResNet-50's four taps and the three declared taps of a reference-code student,
+:class:`~mgd_lightning.DistillationModule` drops the teacher's earliest tap (``layer1``): the pairs are
+``layer2/3/4`` against the student's three, as the reference code's ``ignore_inds=[0]``.
+
+Difference from the reference code: its ShuffleNet-V2 ``conv5`` starts with an inplace ReLU that
+overwrites the stage-4 output after it was tapped, so it distils a post-ReLU stage-4 feature. Here the
+``stage4`` tap stays pre-ReLU (the paper's stated intent); ``arch_args: {post_relu_stage4_tap: true}``
+reproduces the quirk (see :mod:`mgd_lightning.models.shufflenetv2_mgd`).
+
+A tapped tensor must not be modified in place by the rest of the forward: each torchvision preset
+names the activation modules that would do so, and :class:`FeatureTaps` sets their ``inplace`` to
+``False`` (for taps given by name, every activation of the model; a model that declares
+``distillation_taps`` keeps the activations after them non-inplace itself). Nothing is cloned.
 """
 
 from __future__ import annotations

@@ -12,6 +12,20 @@
           class_path: mgd_lightning.models.build_model
           init_args: {name: mobilenet_v2, num_classes: 200, weights: IMAGENET1K_V1}
 
+Names (:func:`available_models`):
+
+* torchvision's models (``resnet50``, ``mobilenet_v2``, ``shufflenet_v2_x1_0``, ...): torchvision's standard
+  networks, with torchvision's weights;
+* the reference code's students (:data:`TORCHVISION_VARIANTS`), torchvision's modules and parameter
+  names with the authors' changes, so that torchvision's weights of the base network load unchanged:
+  ``mobilenet_v2_mgd`` (:mod:`~mgd_lightning.models.mobilenetv2_mgd`: the strides of the 64- and
+  96-channel stages switched, depthwise-BN taps) and ``shufflenet_v2_x0_5_mgd``,
+  ``shufflenet_v2_x1_0_mgd``, ``shufflenet_v2_x1_5_mgd``, ``shufflenet_v2_x2_0_mgd``
+  (:mod:`~mgd_lightning.models.shufflenetv2_mgd`: pre-ReLU unit outputs). ``weights=`` names a weight of
+  the base network (e.g. ``IMAGENET1K_V1`` of ``mobilenet_v2``); :func:`weights_enum` gives its enum;
+* the package's own architectures (``mobilenet_v1``, ``wrn_28_4``, ``resnet56``, ...), without
+  published weights.
+
 No download happens at run time: torchvision weights must already be in the torch hub cache
 (``torch.hub.get_dir()/checkpoints``); a missing file is an error that says which file and where.
 """
@@ -28,9 +42,16 @@ import torchvision
 
 from .cifarresnet import cifar_resnet, resnet56
 from .mobilenetv1 import mobilenet_v1
+from .mobilenetv2_mgd import mobilenet_v2_mgd
+from .shufflenetv2_mgd import (
+    shufflenet_v2_x0_5_mgd,
+    shufflenet_v2_x1_0_mgd,
+    shufflenet_v2_x1_5_mgd,
+    shufflenet_v2_x2_0_mgd,
+)
 from .wideresnet import wide_resnet, wrn_16_2, wrn_16_4, wrn_28_2, wrn_28_4
 
-__all__ = ["PACKAGE_MODELS", "build_model", "available_models", "weights_path"]
+__all__ = ["PACKAGE_MODELS", "TORCHVISION_VARIANTS", "build_model", "available_models", "weights_enum", "weights_path"]
 
 PACKAGE_MODELS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v1": mobilenet_v1,
@@ -41,12 +62,39 @@ PACKAGE_MODELS: dict[str, Callable[..., nn.Module]] = {
     "wrn_16_2": wrn_16_2,
     "cifar_resnet": cifar_resnet,
     "resnet56": resnet56,
+    "mobilenet_v2_mgd": mobilenet_v2_mgd,
+    "shufflenet_v2_x0_5_mgd": shufflenet_v2_x0_5_mgd,
+    "shufflenet_v2_x1_0_mgd": shufflenet_v2_x1_0_mgd,
+    "shufflenet_v2_x1_5_mgd": shufflenet_v2_x1_5_mgd,
+    "shufflenet_v2_x2_0_mgd": shufflenet_v2_x2_0_mgd,
+}
+
+# Package models with torchvision's parameters: name -> the torchvision model whose weights they load.
+TORCHVISION_VARIANTS: dict[str, str] = {
+    "mobilenet_v2_mgd": "mobilenet_v2",
+    "shufflenet_v2_x0_5_mgd": "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0_mgd": "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5_mgd": "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0_mgd": "shufflenet_v2_x2_0",
 }
 
 
 def available_models() -> list[str]:
     """Every name :func:`build_model` accepts."""
     return sorted(set(PACKAGE_MODELS) | set(torchvision.models.list_models(torchvision.models)))
+
+
+def weights_enum(name: str) -> type[torchvision.models.WeightsEnum] | None:
+    """The torchvision weight enum that ``build_model(name, weights=...)`` reads, ``None`` for a package
+    model without published weights (for a reference-code student: its base network's, e.g.
+    ``MobileNet_V2_Weights`` for ``mobilenet_v2_mgd``)."""
+    if name in PACKAGE_MODELS and name not in TORCHVISION_VARIANTS:
+        return None
+    base = TORCHVISION_VARIANTS.get(name, name)
+    try:
+        return torchvision.models.get_model_weights(base)
+    except ValueError:
+        raise ValueError(f"name={name!r} is not a known model; available: {', '.join(available_models())}") from None
 
 
 def weights_path(url: str) -> Path:
@@ -93,12 +141,15 @@ def build_model(
     """Build a network by name, optionally with pre-trained weights or an earlier run's checkpoint.
 
     Args:
-        name: a torchvision model name (``resnet50``, ``mobilenet_v2``, ``shufflenet_v2_x1_0``, ...) or a
-            package model (``mobilenet_v1``, ``wrn_28_4``, ``wrn_16_2``, ``resnet56``, ...).
+        name: a torchvision model name (``resnet50``, ``mobilenet_v2``, ``shufflenet_v2_x1_0``, ...: the
+            standard networks), a reference-code student (``mobilenet_v2_mgd``, ``shufflenet_v2_x1_0_mgd``,
+            ...: :data:`TORCHVISION_VARIANTS`) or a package model (``mobilenet_v1``, ``wrn_28_4``,
+            ``wrn_16_2``, ``resnet56``, ...).
         num_classes: output classes. With ``weights`` trained on another number of classes, the
             classifier head is replaced by a fresh ``nn.Linear`` (fine-tuning).
-        weights: a torchvision weight name for this model, e.g. ``"IMAGENET1K_V1"`` or ``"DEFAULT"``;
-            the file must be in the torch hub cache (no download here).
+        weights: a torchvision weight name for this model, e.g. ``"IMAGENET1K_V1"`` or ``"DEFAULT"``
+            (for a reference-code student: a weight of its base network, loaded unchanged); the file must
+            be in the torch hub cache (no download here).
         checkpoint: a ``state_dict`` file, or a Lightning checkpoint whose keys under
             ``checkpoint_prefix`` are loaded (e.g. the fine-tuned teacher of an earlier run).
         checkpoint_prefix: key prefix inside a Lightning checkpoint (``"model."``: the trained network
@@ -112,10 +163,10 @@ def build_model(
     if weights in ("", "None", "none", "null"):  # command-line spellings of "no weights"
         weights = None
     if name in PACKAGE_MODELS:
-        if weights is not None:
+        builder = PACKAGE_MODELS[name]
+        if weights is not None and name not in TORCHVISION_VARIANTS:
             raise ValueError(f"weights={weights!r}: the package model {name!r} has no published weights; "
                              "use checkpoint=... with a file of your own")
-        model = PACKAGE_MODELS[name](num_classes=num_classes, **(arch_args or {}))
     else:
         try:
             builder = torchvision.models.get_model_builder(name)
@@ -123,24 +174,26 @@ def build_model(
             raise ValueError(
                 f"name={name!r} is not a known model; available: {', '.join(available_models())}"
             ) from None
-        if weights is None:
-            model = builder(num_classes=num_classes, **(arch_args or {}))
-        else:
-            enum = torchvision.models.get_model_weights(name)
-            try:
-                weight = enum[weights]
-            except KeyError:
-                valid = ", ".join(w.name for w in enum) + ", DEFAULT"
-                raise ValueError(f"weights={weights!r} is not a weight of {name}; valid: {valid}") from None
-            target = weights_path(weight.url)
-            if not target.is_file():
-                raise FileNotFoundError(
-                    f"weights {name}/{weight.name} are not available offline: expected the file {target} "
-                    f"(torch hub cache). Download {weight.url} on a machine with internet and copy it there, "
-                    "or set TORCH_HOME to a directory whose hub/checkpoints/ holds it."
-                )
-            model = builder(weights=weight, **(arch_args or {}))
-            _replace_head(model, num_classes)
+    if weights is None:
+        model = builder(num_classes=num_classes, **(arch_args or {}))
+    else:
+        base = TORCHVISION_VARIANTS.get(name, name)
+        enum = weights_enum(name)
+        try:
+            weight = enum[weights]
+        except KeyError:
+            valid = ", ".join(w.name for w in enum) + ", DEFAULT"
+            of = name if base == name else f"{name} (torchvision's {base} weights)"
+            raise ValueError(f"weights={weights!r} is not a weight of {of}; valid: {valid}") from None
+        target = weights_path(weight.url)
+        if not target.is_file():
+            raise FileNotFoundError(
+                f"weights {base}/{weight.name} are not available offline: expected the file {target} "
+                f"(torch hub cache). Download {weight.url} on a machine with internet and copy it there, "
+                "or set TORCH_HOME to a directory whose hub/checkpoints/ holds it."
+            )
+        model = builder(weights=weight, **(arch_args or {}))
+        _replace_head(model, num_classes)
     if checkpoint is not None:
         _load_checkpoint(model, checkpoint, checkpoint_prefix)
     return model
