@@ -32,13 +32,15 @@ from pathlib import Path
 
 import torch
 
+from mgd_lightning.distillers import KD_RECIPES
+
 # method -> DistillationModule keyword arguments (as in configs/cub200/{mgd_amp,ofd,kd}_mobilenet_v2.yaml)
 METHODS: dict[str, dict] = {
     "mgd_amp": dict(distiller="mgd", reducer="amp", loss_factor=1e4),
     "ofd": dict(distiller="ofd", loss_factor=1e4),
-    "kd": dict(distiller="kd", kd_weight=1.0, kd_temperature=4.0),
-    "fitnets": dict(distiller="fitnets", loss_factor=1e3),
-    "at": dict(distiller="at", loss_factor=1.0),
+    "kd": dict(distiller="kd", **KD_RECIPES["imagenet"]),
+    "fitnets": dict(distiller="fitnets"),
+    "at": dict(distiller="at"),
 }
 LABELS = {"mgd_amp": "MGD-AMP", "ofd": "Overhaul (OFD)", "kd": "KD", "fitnets": "FitNets", "at": "AT"}
 DEFAULT_METHODS = ["mgd_amp", "ofd", "kd"]

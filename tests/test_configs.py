@@ -26,6 +26,7 @@ from mgd_lightning.distill.classifier import ClassificationModule, infer_num_cla
 from mgd_lightning.distill.module import DistillationModule
 from mgd_lightning.models import PACKAGE_MODELS, weights_path
 from tests.test_data import _make_cifar, _make_cub, _make_folders
+from tests.test_schedules import official_schedule
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
@@ -55,10 +56,11 @@ TRAINER_ARGS = [
 ]
 
 # The paper's recipes (section 4, "Experimental Setting"; reference code for CUB-200 / ImageNet weight decay).
+# The schedules (epochs, milestones, warm-up, Nesterov) are checked against the official code in test_schedules.py.
 RECIPES = {
-    CUB: dict(classes=200, epochs=120, milestones=[30, 60, 90], weight_decay=1e-4, update=2, num_samples=None),
-    CIFAR: dict(classes=100, epochs=200, milestones=[100, 150], weight_decay=5e-4, update=2, num_samples=None),
-    IMAGENET: dict(classes=1000, epochs=120, milestones=[30, 60, 90], weight_decay=1e-4, update=1, num_samples=20000),
+    CUB: dict(classes=200, weight_decay=1e-4, update=2, num_samples=None),
+    CIFAR: dict(classes=100, weight_decay=5e-4, update=2, num_samples=None),
+    IMAGENET: dict(classes=1000, weight_decay=1e-4, update=1, num_samples=20000),
 }
 
 
@@ -126,10 +128,12 @@ def test_config_follows_the_paper_recipe(config):
     recipe = RECIPES[cfg["data"]["class_path"]]
     init = cfg["model"]["init_args"]
     trained = _trained(cfg)
-    assert cfg["trainer"]["max_epochs"] == recipe["epochs"]
-    assert init["lr_milestones"] == recipe["milestones"] and init["lr_gamma"] == 0.1
-    assert init["momentum"] == 0.9 and init["nesterov"] is True
+    expected = official_schedule(config)  # the official code's schedule (tests/test_schedules.py)
+    assert cfg["trainer"]["max_epochs"] == expected["epochs"] and init.get("warmup_epochs", 0) == expected["warmup"]
+    assert init["lr_milestones"] == expected["milestones"] and init["lr_gamma"] == 0.1
+    assert init["momentum"] == 0.9 and init["nesterov"] is expected["nesterov"]
     assert init["weight_decay"] == pytest.approx(recipe["weight_decay"])
+    assert "margin_reduction" not in init  # the default ("official") everywhere
     assert init["lr"] == (0.01 if trained.get("weights") else 0.1)  # pre-trained: 0.01, from scratch: 0.1
     assert all(net["num_classes"] == recipe["classes"] for net in _networks(cfg).values())
     name = Path(config).stem
@@ -151,6 +155,67 @@ def test_config_follows_the_paper_recipe(config):
             assert teacher.get("checkpoint_prefix", "model.") == "model."
         else:
             assert teacher["weights"] == "IMAGENET1K_V1"
+
+
+def _torchvision_name(name: str) -> str:
+    """The torchvision model whose weight file a package model loads: the reference code's students
+    (``mobilenet_v2_mgd``, ``shufflenet_v2_x1_0_mgd``) load torchvision's ImageNet weights unchanged."""
+    return name.removesuffix("_mgd")
+
+
+CUB_STUDENTS = {"mobilenet_v2": "mobilenet_v2_mgd", "shufflenet_v2": "shufflenet_v2_x1_0_mgd"}
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.startswith("cub200/") and "resnet50" not in c],
+                         ids=[i for i in IDS if i.startswith("cub200/") and "resnet50" not in i])
+def test_cub_students_are_the_reference_architectures(config):
+    """Every CUB-200 MobileNet-V2 / ShuffleNet-V2 run (MGD, FT, FS and the competing baselines) trains the reference
+    code's student: ``mobilenet_v2_mgd`` (strides of the 64 / 96-channel stages switched, 3 taps paired with
+    ResNet-50) and ``shufflenet_v2_x1_0_mgd`` (pre-ReLU unit outputs)."""
+    (student,) = [v for k, v in CUB_STUDENTS.items() if Path(config).stem.endswith(k)]
+    assert _trained(_load(config))["name"] == student
+
+
+def test_cifar_resnet56_student_is_overhauls():
+    """Paper Table 1's "ResNet s:56-2" is Overhaul's setting (d) student, ``ResNet(depth=56)`` of its
+    CIFAR-100/models/ResNet.py: 16/32/64 channels, 9 basic blocks per stage, 0.86 M parameters (861,620 with
+    100 classes, counted here layer by layer from that architecture), with the WRN-28-4 teacher."""
+    from mgd_lightning.models import CifarBasicBlock, build_model
+
+    cfg = _load("cifar100/mgd_amp_resnet56.yaml")
+    assert _networks(cfg)["teacher"]["name"] == "wrn_28_4"
+    model = build_model(**_networks(cfg)["student"])
+
+    def overhaul_resnet56_parameters(n: int = 9, classes: int = 100) -> int:
+        total, c_in = 3 * 16 * 9 + 2 * 16, 16  # stem conv 3x3 + BN
+        for c in (16, 32, 64):
+            for _ in range(n):  # conv3x3 + BN + conv3x3 + BN (+ 1x1 conv + BN downsample where the shape changes)
+                total += c_in * c * 9 + 2 * c + c * c * 9 + 2 * c + (c_in * c + 2 * c if c_in != c else 0)
+                c_in = c
+        return total + 64 * classes + classes  # fc
+
+    assert overhaul_resnet56_parameters() == 861_620
+    assert sum(p.numel() for p in model.parameters()) == 861_620
+    for i, channels in enumerate((16, 32, 64), start=1):
+        blocks = list(getattr(model, f"layer{i}"))
+        assert len(blocks) == 9 and all(type(b) is CifarBasicBlock for b in blocks)
+        assert all(b.conv1.out_channels == b.conv2.out_channels == channels for b in blocks)
+    assert model.conv1.out_channels == 16 and model.fc.in_features == 64
+
+
+def test_competing_baselines_use_their_authors_recipes():
+    """KD at mdistiller's recipe (T = 4, CE 0.1, KD 0.9; the CUB-200 run too, see its header); FitNets and AT at
+    their distillers' own defaults (no tap_weights / loss_factor); OFD and MGD keep their explicit divisors."""
+    for config in CONFIGS:
+        init = _load(config)["model"]["init_args"]
+        distiller = init.get("distiller", "mgd" if "teacher" in init else None)
+        if distiller == "kd":
+            assert (init["kd_temperature"], init["ce_weight"], init["kd_weight"]) == (4.0, 0.1, 0.9), config
+        elif distiller in ("fitnets", "at"):
+            assert "loss_factor" not in init and "tap_weights" not in init, config
+        elif distiller in ("ofd", "mgd") and not config.startswith("digits/"):
+            expected = 1e3 if config.startswith("cifar100/") else 1e4
+            assert init["loss_factor"] == expected and "tap_weights" not in init, config
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -183,11 +248,12 @@ class Workspace:
         Every BatchNorm's ``num_batches_tracked`` is set to ``FILE_BATCHES`` in the file (a fresh model has 0), so
         a run shows that it started from the file however far two steps on random weights move the parameters.
         """
-        weight = torchvision.models.get_model_weights(net["name"])[net["weights"]]
+        name = _torchvision_name(net["name"])
+        weight = torchvision.models.get_model_weights(name)[net["weights"]]
         path = weights_path(weight.url)
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            state = torchvision.models.get_model(net["name"]).state_dict()
+            state = torchvision.models.get_model(name).state_dict()
             for key in state:
                 if key.endswith("num_batches_tracked"):
                     state[key] = torch.tensor(FILE_BATCHES)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import torchvision.transforms as T
 from PIL import Image
 
 from mgd_lightning.data import (
@@ -27,7 +28,7 @@ from mgd_lightning.data import (
     find_fashion_mnist,
     read_idx,
 )
-from mgd_lightning.data.transforms import grey_transforms, imagenet_transforms
+from mgd_lightning.data.transforms import TRAIN_CROPS, grey_transforms, imagenet_transforms
 
 SMALL = dict(image_size=32, resize_size=40)  # ImageNet-style pipeline at test size
 
@@ -177,6 +178,73 @@ def test_transforms_shapes_and_flip():
         imagenet_transforms(True, image_size=64, resize_size=40)
     grey = grey_transforms(False, 8, (0.5,), (0.5,), channels=3)(torch.full((1, 8, 8), 255, dtype=torch.uint8))
     assert grey.shape == (3, 8, 8) and torch.allclose(grey, torch.ones(3, 8, 8))
+
+
+def _steps(pipeline: T.Compose) -> list[type]:
+    return [type(t) for t in pipeline.transforms]
+
+
+def _is_window_of(x: torch.Tensor, full: torch.Tensor) -> bool:
+    """Whether ``x`` (C, h, w) is a window of ``full`` (C, H, W) or of its horizontal mirror."""
+    h, w = x.shape[1:]
+    return any(
+        torch.allclose(x, image[:, i : i + h, j : j + w], atol=1e-5)
+        for image in (full, full.flip(-1))
+        for i in range(full.shape[1] - h + 1)
+        for j in range(full.shape[2] - w + 1)
+    )
+
+
+def test_imagenet_training_crops():
+    """Default: the reference code's RandomResizedCrop + flip; ``resize_random``: the paper's Resize + RandomCrop;
+    evaluation: Resize + CenterCrop either way."""
+    assert TRAIN_CROPS == ("random_resized", "resize_random")
+    default = imagenet_transforms(True, **SMALL)
+    assert _steps(default)[:2] == [T.RandomResizedCrop, T.RandomHorizontalFlip]
+    crop = default.transforms[0]
+    assert crop.size == (32, 32) and crop.scale == (0.08, 1.0)  # torchvision's defaults, as the reference code
+    paper = imagenet_transforms(True, **SMALL, train_crop="resize_random")
+    assert _steps(paper)[:3] == [T.Resize, T.RandomCrop, T.RandomHorizontalFlip] and paper.transforms[0].size == 40
+    for train_crop in TRAIN_CROPS:
+        ev = imagenet_transforms(False, **SMALL, train_crop=train_crop)
+        assert _steps(ev)[:2] == [T.Resize, T.CenterCrop]
+        assert (ev.transforms[0].size, ev.transforms[1].size) == (40, (32, 32))
+    with pytest.raises(ValueError, match="train_crop must be one of"):
+        imagenet_transforms(True, **SMALL, train_crop="center")
+
+    # behaviour: a resize_random crop is always a 32 px window of the 40 px resize (or of its mirror); a
+    # RandomResizedCrop rescales a random region, so its crops are in general not such windows.
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (44, 52, 3), dtype=np.uint8))
+    resized = T.Compose(imagenet_transforms(False, **SMALL).transforms[:1] + paper.transforms[3:])(img)
+    assert resized.shape == (3, 40, 47)
+    torch.manual_seed(0)
+    assert all(_is_window_of(paper(img), resized) for _ in range(6))
+    draws = [default(img) for _ in range(6)]
+    assert all(d.shape == (3, 32, 32) for d in draws)
+    assert not all(_is_window_of(d, resized) for d in draws)
+
+
+@pytest.mark.parametrize("module", ["cub200", "imagenet"])
+def test_training_crop_of_the_data_modules(tmp_path, module):
+    """The data modules train with RandomResizedCrop by default; ``train_crop="resize_random"`` selects the
+    paper's Resize + RandomCrop; the evaluation and matching sets keep Resize + CenterCrop."""
+    if module == "cub200":
+        root, cls = _make_cub(tmp_path), CUB200DataModule
+    else:
+        root, cls = _make_folders(tmp_path, {"train": 2, "val": 1}), ImageNetDataModule
+    default = cls(str(root), **SMALL)
+    assert default.train_crop == "random_resized" and default.hparams.train_crop == "random_resized"
+    default.setup()
+    assert _steps(default.train_dataset.transform)[:2] == [T.RandomResizedCrop, T.RandomHorizontalFlip]
+    for dataset in (default.val_dataset, default.matching_dataset()):
+        assert _steps(dataset.transform)[:2] == [T.Resize, T.CenterCrop]
+    paper = cls(str(root), **SMALL, train_crop="resize_random")
+    paper.setup()
+    assert _steps(paper.train_dataset.transform)[:3] == [T.Resize, T.RandomCrop, T.RandomHorizontalFlip]
+    assert _steps(paper.matching_dataset().transform)[:2] == [T.Resize, T.CenterCrop]
+    _check_matching_vs_train(paper)
+    with pytest.raises(ValueError, match="train_crop must be one of"):
+        cls(str(root), **SMALL, train_crop="random")
 
 
 # ---------------------------------------------------------------------------------------------- CUB-200
@@ -406,18 +474,24 @@ def test_fashion_mnist_torchvision_root_and_order(tmp_path):
     dm = FashionMNISTDataModule(root=str(tmp_path / "tv"), search_paths=[])
     assert dm.data_dir == tv_raw
     _check_batches(dm, n_train=20, n_val=10)
-    first = FashionMNISTDataModule(root=str(tmp_path / "tv"), search_paths=[str(deb)])  # search_paths come first
-    assert first.data_dir == deb
+    explicit = FashionMNISTDataModule(root=str(tmp_path / "tv"), search_paths=[str(deb)])  # a root: only there
+    assert explicit.data_dir == tv_raw
+    assert FashionMNISTDataModule(search_paths=[str(deb)]).data_dir == deb  # no root: search_paths
     assert find_fashion_mnist([str(tmp_path / "tv")]) == tv_raw
 
 
 def test_fashion_mnist_not_found(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
+        FashionMNISTDataModule(search_paths=[str(tmp_path / "deb")])
+    message = str(err.value)
+    for expected in ("apt-get install dataset-fashion-mnist", str(tmp_path / "deb"), "train-images-idx3-ubyte[.gz]",
+                     "t10k-labels-idx1-ubyte[.gz]", "download=True"):
+        assert expected in message
+    with pytest.raises(FileNotFoundError) as err:  # an explicit root must hold the files (tests/test_no_silent_errors)
         FashionMNISTDataModule(root=str(tmp_path / "r"), search_paths=[str(tmp_path / "deb")])
     message = str(err.value)
-    for expected in ("apt-get install dataset-fashion-mnist", str(tmp_path / "deb"),
-                     str(tmp_path / "r" / "FashionMNIST" / "raw"), "train-images-idx3-ubyte[.gz]",
-                     "t10k-labels-idx1-ubyte[.gz]", "download=True"):
+    for expected in (f"root={str(tmp_path / 'r')!r}", str(tmp_path / "r" / "FashionMNIST" / "raw"),
+                     "train-images-idx3-ubyte[.gz]", "download=True"):
         assert expected in message
     assert find_fashion_mnist([str(tmp_path)]) is None
     with pytest.raises(ValueError, match="download=True needs a root"):

@@ -257,6 +257,11 @@ def test_committed_study_report_is_what_its_runs_give():
     assert json.loads((STUDY / "claims.json").read_text()) == json.loads(json.dumps(study.claims(runs)))
     env = json.loads((STUDY / "environment.json").read_text())
     assert env["setting_name"] == "cpu" and env["packages"]["torch"]
+    # made by HEAD's rows and setting: a change to either needs the study re-run (make study)
+    assert env["rows_config"] == study._rows_config()
+    now = study._jsonable(dataclasses.asdict(setting))
+    assert {k: v for k, v in env["setting"].items() if k not in study.SCHEDULING_FIELDS} == \
+        {k: v for k, v in now.items() if k not in study.SCHEDULING_FIELDS}
     for plot in ("errors.png", "matching_cost.png", "match_stability.png"):
         assert (STUDY / plot).stat().st_size > 10_000
 

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from .base import ImageDataModule
 from .datasets import ImageFileDataset, folder_split_classes, scan_split
-from .transforms import imagenet_transforms
+from .transforms import TRAIN_CROPS, TrainCrop, imagenet_transforms
 
 __all__ = ["CUB200DataModule", "CUB_LAYOUTS", "detect_cub_layout"]
 
@@ -91,7 +91,7 @@ def detect_cub_layout(root: str | Path) -> tuple[str, Path]:
 
 
 class CUB200DataModule(ImageDataModule):
-    """CUB-200-2011 with the paper's transforms (random 224 crop of a 256 resize + flip; centre crop to evaluate).
+    """CUB-200-2011 with the reference code's transforms (``RandomResizedCrop(224)`` + flip; evaluation: centre crop).
 
     The layout under ``root`` is detected: the official archive (``root`` is ``CUB_200_2011/`` or holds it;
     split by ``train_test_split.txt``), or the reference code's ``train/<class>/`` + ``valid/<class>/`` image
@@ -103,7 +103,14 @@ class CUB200DataModule(ImageDataModule):
         root: the data set folder (see above).
         batch_size, num_workers, pin_memory: of the loaders (:class:`~mgd_lightning.data.base.ImageDataModule`).
         image_size: side of the square crop (224 in the paper).
-        resize_size: short side after resizing, before the crop (256 in the paper).
+        resize_size: short side after resizing, before the evaluation crop (256 in the paper) and, with
+            ``train_crop="resize_random"``, before the training crop.
+        train_crop: the training crop (:func:`~mgd_lightning.data.transforms.imagenet_transforms`).
+            ``"random_resized"`` (default): ``RandomResizedCrop(image_size)`` + flip, what the reference code
+            trains with (``cls/main_mgd.py`` and ``cls/main_base.py``). ``"resize_random"``:
+            ``Resize(resize_size)`` + ``RandomCrop(image_size)`` + flip, the paper's text ("randomly crop 224
+            from 256"). Evaluation and the matching pass use ``Resize(resize_size)`` + ``CenterCrop(image_size)``
+            either way.
 
     Example, in a LightningCLI config:
 
@@ -122,12 +129,16 @@ class CUB200DataModule(ImageDataModule):
         pin_memory: bool | None = None,
         image_size: int = 224,
         resize_size: int = 256,
+        train_crop: TrainCrop = "random_resized",
     ) -> None:
         super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if resize_size < image_size:
             raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size})")
+        if train_crop not in TRAIN_CROPS:
+            raise ValueError(f"train_crop must be one of {TRAIN_CROPS}; got {train_crop!r}")
         self.image_size = image_size
         self.resize_size = resize_size
+        self.train_crop = train_crop
         self.layout, self.data_dir = detect_cub_layout(root)
         self._official: tuple[list[tuple[str, int]], list[tuple[str, int]]] | None = None
         if self.layout == "official":
@@ -179,7 +190,7 @@ class CUB200DataModule(ImageDataModule):
 
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         train, test = self._samples()
-        train_tf = imagenet_transforms(True, self.image_size, self.resize_size)
+        train_tf = imagenet_transforms(True, self.image_size, self.resize_size, self.train_crop)
         eval_tf = imagenet_transforms(False, self.image_size, self.resize_size)
         train_set = ImageFileDataset(train, train_tf)
         return train_set, ImageFileDataset(test, eval_tf), train_set.with_transform(eval_tf)

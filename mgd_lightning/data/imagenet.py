@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from .base import ImageDataModule
 from .datasets import IMG_EXTENSIONS, ImageFileDataset, folder_split_classes, list_class_dirs, scan_split
-from .transforms import imagenet_transforms
+from .transforms import TRAIN_CROPS, TrainCrop, imagenet_transforms
 
 __all__ = ["IMAGENET_LAYOUT", "ImageNetDataModule"]
 
@@ -22,7 +22,7 @@ IMAGENET_LAYOUT = """expected the ImageNet image-folder layout:
 
 
 class ImageNetDataModule(ImageDataModule):
-    """ImageNet with the paper's transforms (random 224 crop of a 256 resize + flip; centre crop to evaluate).
+    """ImageNet with the reference code's transforms (``RandomResizedCrop(224)`` + flip; evaluation: centre crop).
 
     ``root`` holds ``train/<wnid>/`` and ``val/<wnid>/`` (the validation set sorted into class folders, as
     the usual ``valprep.sh`` does). ``num_classes`` is the number of ``train/`` class folders (1000 for the
@@ -32,7 +32,14 @@ class ImageNetDataModule(ImageDataModule):
         root: the folder holding ``train/`` and ``val/``.
         batch_size, num_workers, pin_memory: of the loaders (:class:`~mgd_lightning.data.base.ImageDataModule`).
         image_size: side of the square crop (224 in the paper).
-        resize_size: short side after resizing, before the crop (256 in the paper).
+        resize_size: short side after resizing, before the evaluation crop (256 in the paper) and, with
+            ``train_crop="resize_random"``, before the training crop.
+        train_crop: the training crop (:func:`~mgd_lightning.data.transforms.imagenet_transforms`).
+            ``"random_resized"`` (default): ``RandomResizedCrop(image_size)`` + flip, what the reference code
+            trains with (``cls/main_mgd.py`` and ``cls/main_base.py``). ``"resize_random"``:
+            ``Resize(resize_size)`` + ``RandomCrop(image_size)`` + flip, the paper's text ("randomly crop 224
+            from 256"). Evaluation and the matching pass use ``Resize(resize_size)`` + ``CenterCrop(image_size)``
+            either way.
 
     Example, in a LightningCLI config:
 
@@ -51,12 +58,16 @@ class ImageNetDataModule(ImageDataModule):
         pin_memory: bool | None = None,
         image_size: int = 224,
         resize_size: int = 256,
+        train_crop: TrainCrop = "random_resized",
     ) -> None:
         super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if resize_size < image_size:
             raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size})")
+        if train_crop not in TRAIN_CROPS:
+            raise ValueError(f"train_crop must be one of {TRAIN_CROPS}; got {train_crop!r}")
         self.image_size = image_size
         self.resize_size = resize_size
+        self.train_crop = train_crop
         self.data_dir = Path(root).expanduser()
         if not self.data_dir.is_dir():
             raise FileNotFoundError(f"ImageNet root {self.data_dir} does not exist; {IMAGENET_LAYOUT}")
@@ -78,7 +89,7 @@ class ImageNetDataModule(ImageDataModule):
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         train = scan_split(self.data_dir / "train", self.classes, IMAGENET_LAYOUT)
         val = scan_split(self.data_dir / "val", self.classes, IMAGENET_LAYOUT)
-        train_tf = imagenet_transforms(True, self.image_size, self.resize_size)
+        train_tf = imagenet_transforms(True, self.image_size, self.resize_size, self.train_crop)
         eval_tf = imagenet_transforms(False, self.image_size, self.resize_size)
         train_set = ImageFileDataset(train, train_tf)
         return train_set, ImageFileDataset(val, eval_tf), train_set.with_transform(eval_tf)

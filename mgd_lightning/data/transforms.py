@@ -1,7 +1,10 @@
 """Image transforms of the paper's experiments, with the sizes as parameters so tests can use tiny images.
 
-* CUB-200 / ImageNet (:func:`imagenet_transforms`): train = ``Resize(256)`` + ``RandomCrop(224)`` +
-  ``RandomHorizontalFlip``; eval = ``Resize(256)`` + ``CenterCrop(224)``; ImageNet mean/std.
+* CUB-200 / ImageNet (:func:`imagenet_transforms`): train = ``RandomResizedCrop(224)`` +
+  ``RandomHorizontalFlip`` (``train_crop="random_resized"``, the default: what the reference code's
+  ``cls/main_mgd.py`` and ``cls/main_base.py`` do), or ``Resize(256)`` + ``RandomCrop(224)`` + flip
+  (``train_crop="resize_random"``: the paper's wording, "randomly crop 224 from 256"); eval (and the
+  matching pass) = ``Resize(256)`` + ``CenterCrop(224)`` either way; ImageNet mean/std.
 * CIFAR-100 (:func:`cifar_transforms`): train = ``RandomCrop(32, padding=4)`` + flip; eval = to tensor
   + normalise with the CIFAR-100 mean/std.
 * grey images, Fashion-MNIST and scikit-learn's digits (:func:`grey_transforms`): optional pad-and-crop
@@ -15,7 +18,7 @@ pickle for ``num_workers > 0``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torchvision.transforms as T
@@ -31,6 +34,7 @@ __all__ = [
     "FASHION_MNIST_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "TRAIN_CROPS",
     "RepeatChannels",
     "ToFloatTensor",
     "cifar_transforms",
@@ -47,6 +51,11 @@ FASHION_MNIST_STD = (0.3530,)
 # scikit-learn's digits scaled to 0..1 (pixel / 16), bilinearly resized to 16 x 16.
 DIGITS_MEAN = (0.3053,)
 DIGITS_STD = (0.3189,)
+
+#: training crops of :func:`imagenet_transforms`: ``"random_resized"`` (reference code, the default),
+#: ``"resize_random"`` (the paper's text).
+TRAIN_CROPS = ("random_resized", "resize_random")
+TrainCrop = Literal["random_resized", "resize_random"]
 
 
 class ToFloatTensor:
@@ -85,20 +94,33 @@ class RepeatChannels:
         return f"{type(self).__name__}(channels={self.channels})"
 
 
-def imagenet_transforms(train: bool, image_size: int = 224, resize_size: int = 256) -> T.Compose:
-    """The paper's CUB-200 / ImageNet pipeline (short side to ``resize_size``, then a ``image_size`` crop).
+def imagenet_transforms(
+    train: bool, image_size: int = 224, resize_size: int = 256, train_crop: TrainCrop = "random_resized"
+) -> T.Compose:
+    """The CUB-200 / ImageNet pipeline: a random ``image_size`` crop + flip to train, a centre crop to evaluate.
 
     Args:
-        train: random crop + horizontal flip when true, centre crop when false.
-        image_size: side of the square crop (224 in the paper).
-        resize_size: the short side is resized to this first (256 in the paper); must be >= ``image_size``.
+        train: the training pipeline (random crop + horizontal flip) when true; else the evaluation one,
+            ``Resize(resize_size)`` + ``CenterCrop(image_size)`` (also used for the matching pass).
+        image_size: side of the square crop (224).
+        resize_size: the short side is resized to this before the evaluation crop (256), and before the
+            training crop with ``train_crop="resize_random"``; must be >= ``image_size``.
+        train_crop: ``"random_resized"`` (default): ``RandomResizedCrop(image_size)`` (torchvision's default
+            scale 0.08-1 and aspect ratio 3/4-4/3) + flip, as the reference code (``cls/main_mgd.py``,
+            ``cls/main_base.py``) trains. ``"resize_random"``: ``Resize(resize_size)`` +
+            ``RandomCrop(image_size)`` + flip, the paper's text ("randomly crop 224 from 256"; a milder
+            augmentation).
     """
     if resize_size < image_size:
         raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size})")
-    if train:
-        steps: list[Any] = [T.Resize(resize_size), T.RandomCrop(image_size), T.RandomHorizontalFlip()]
+    if train_crop not in TRAIN_CROPS:
+        raise ValueError(f"train_crop must be one of {TRAIN_CROPS}; got {train_crop!r}")
+    if not train:
+        steps: list[Any] = [T.Resize(resize_size), T.CenterCrop(image_size)]
+    elif train_crop == "random_resized":
+        steps = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
     else:
-        steps = [T.Resize(resize_size), T.CenterCrop(image_size)]
+        steps = [T.Resize(resize_size), T.RandomCrop(image_size), T.RandomHorizontalFlip()]
     return T.Compose([*steps, ToFloatTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 

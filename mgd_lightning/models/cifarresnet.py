@@ -10,7 +10,11 @@ Post-activation basic blocks, depth ``d = 6n + 2``, width ``w``. For a ``(B, 3, 
 
 A block computes ``relu(preact(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)))`` where
 ``preact`` is an ``nn.Identity`` and ``shortcut`` is the identity, or a 1x1 conv + BN projection
-when the shape changes. ``resnet56(width=2)`` is MGD's "ResNet s:56-2" (32/64/128 channels).
+when the shape changes. ``resnet56(width=1)`` (16/32/64 channels, 9 blocks per stage, 0.86M parameters
+with 100 classes) is the ResNet-56 of Overhaul's CIFAR-100 code (``models/ResNet.py``, the same function:
+there each block's final ReLU opens the next block), which is the paper's "ResNet s:56-2" (Table 1: its
+baseline and Overhaul errors are Overhaul's ResNet-56 numbers); ``configs/cifar100/mgd_amp_resnet56.yaml``
+uses it.
 
 Each stage is an ``nn.Sequential`` whose blocks are named ``"0"``, ``"1"``, ... except the last
 one, named ``"last"`` (``layer1[-1]`` still works), so tap names do not depend on the depth.
@@ -122,8 +126,9 @@ def cifar_resnet(depth: int = 56, width: int = 1, num_classes: int = 100) -> Cif
 
 
 def resnet56(num_classes: int = 100, width: int = 2) -> CifarResNet:
-    """CIFAR ResNet-56; the default ``width=2`` is MGD's "ResNet s:56-2" (32/64/128 channels).
+    """CIFAR ResNet-56 at ``width`` (default 2: 32/64/128 channels).
 
-    About 3.42M parameters with 100 classes at width 2, 0.86M at width 1.
+    About 3.42M parameters with 100 classes at width 2, 0.86M at width 1. The paper's "ResNet s:56-2" student
+    (Table 1) is Overhaul's 16/32/64-channel ResNet-56: ``width=1``.
     """
     return cifar_resnet(depth=56, width=width, num_classes=num_classes)
