@@ -6,36 +6,182 @@
 
 ``MGDMatchingCallback`` is always present and configurable under ``mgd:`` (it does nothing for a
 plain ``ClassificationModule`` or a ``matching: false`` ablation). Logs go to TensorBoard and CSV
-under ``trainer.default_root_dir`` by default.
+under ``trainer.default_root_dir`` by default: ``lightning_logs/version_N/`` (TensorBoard) and its ``csv/``
+subfolder (``metrics.csv``).
+
+Beyond LightningCLI:
+
+* ``null`` reaches every optional argument, also those of a model inside the module
+  (``--model.init_args.teacher.init_args.checkpoint null``): jsonargparse turns a ``null`` two class levels
+  deep into the string ``'None'`` (it re-parses ``f"--{key}={value}"`` after loading the value), so such
+  options are passed to it as the equivalent nested dict;
+* the checkpoint files a run reads (``build_model(checkpoint=...)``, ``--ckpt_path``) are checked before
+  anything is built: an empty, truncated or non-PyTorch file is a one-line error naming it;
+* ``--ckpt_path last`` without a last checkpoint is an error, not a silent fresh start.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
+from jsonargparse import Namespace
+from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from mgd_lightning.checkpoints import CheckpointFileError, check_checkpoint_file
 from mgd_lightning.distill.callback import MGDMatchingCallback
+from mgd_lightning.distill.module import NonFiniteLossError
 
 __all__ = ["MGDCLI", "main"]
 
+#: the subclass-mode arguments whose init_args may hold classes of their own (the networks of a module)
+_NESTING_ARGUMENTS = ("model", "data")
+_SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
+
+
+def _is_null(value: str) -> bool:
+    """YAML's spellings of null (the empty string stays a string for jsonargparse)."""
+    return value.strip() in ("null", "Null", "NULL", "~")
+
+
+def _nested_null_as_dict(key: str) -> tuple[str, str] | None:
+    """``("--model", '{"init_args": {"teacher": {"init_args": {"checkpoint": null}}}}')`` for
+    ``model.init_args.teacher.init_args.checkpoint`` (or ``model.teacher.checkpoint``), ``None`` for a key less
+    than two class levels deep (jsonargparse parses ``null`` right there)."""
+    parts = key.split(".")
+    if parts[0] not in _NESTING_ARGUMENTS or {"class_path", "dict_kwargs", "help"} & set(parts):
+        return None
+    names = [p for p in parts[1:] if p != "init_args"]
+    if len(names) < 2 or not all(names):
+        return None
+    node: dict[str, Any] = {names[-1]: None}
+    for name in reversed(names[:-1]):
+        node = {name: {"init_args": node}}
+    return f"--{parts[0]}", json.dumps({"init_args": node})
+
+
+def nested_nulls_as_dicts(argv: Sequence[str]) -> list[str]:
+    """``argv`` with every ``--<model|data>.<class>.<...>.<arg> null`` two or more class levels deep written
+    as the equivalent ``--<model|data> '{"init_args": {...: null}}'`` (merged by jsonargparse with the values
+    before it, like the dotted form), so that the value arrives as ``None`` instead of ``'None'``."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":  # the rest is positional
+            out += argv[i:]
+            break
+        if token.startswith("--"):
+            key, eq, value = token[2:].partition("=")
+            step = 1
+            if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value, step = argv[i + 1], 2
+            rewritten = _nested_null_as_dict(key) if (eq or step == 2) and _is_null(value) else None
+            if rewritten is not None:
+                out.append("=".join(rewritten))
+                i += step
+                continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def _checkpoint_options(node: Any, key: str = "") -> list[tuple[str, str]]:
+    """``(option, path)`` of every ``checkpoint`` argument of a class in a parsed config (``build_model``'s)."""
+    found = []
+    if isinstance(node, Namespace):
+        node = node.as_dict()
+    if isinstance(node, dict):
+        for k, v in node.items():
+            sub = f"{key}.{k}" if key else str(k)
+            if k == "checkpoint" and isinstance(v, str) and key.endswith("init_args"):
+                found.append((sub, v))
+            else:
+                found += _checkpoint_options(v, sub)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += _checkpoint_options(v, f"{key}[{i}]")
+    return found
+
+
 class MGDCLI(LightningCLI):
-    """LightningCLI with the matching callback under ``mgd:``."""
+    """LightningCLI with the matching callback under ``mgd:`` (and the checks of the module docstring)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(MGDMatchingCallback, "mgd")
 
+    def parse_arguments(self, parser, args) -> None:
+        """jsonargparse's parse, with ``null`` two class levels deep passed as a nested dict
+        (:func:`nested_nulls_as_dicts`); then the ``--ckpt_path`` file is checked (LightningCLI reads its
+        hyperparameters right after this)."""
+        if isinstance(args, (dict, Namespace)):
+            super().parse_arguments(parser, args)
+        else:
+            argv = list(sys.argv[1:] if args is None else args)
+            fixed = nested_nulls_as_dicts(argv)
+            if args is None and fixed != argv:  # the command line itself, rewritten
+                self.config = parser.parse_args(fixed)
+            else:
+                super().parse_arguments(parser, None if args is None else fixed)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if isinstance(ckpt_path, str) and ckpt_path not in _SPECIAL_CKPT_PATHS and "://" not in ckpt_path \
+                and not ckpt_path.lower().startswith("registry"):  # Lightning's model-registry names
+            check_checkpoint_file(ckpt_path, what="--ckpt_path")
+
+    def before_instantiate_classes(self) -> None:
+        """The checkpoint files the networks load are readable (one-line errors instead of a crash in
+        jsonargparse's error formatter for an empty file)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for option, path in _checkpoint_options(config):
+            check_checkpoint_file(path, what=f"--{option}")
+
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
-        """Lightning's default TensorBoard logger, plus a CSV logger writing into the same version folder."""
+        """Lightning's default TensorBoard logger, plus a CSV logger in its ``csv/`` subfolder (two loggers in
+        one folder made the CSV logger warn "Experiment logs directory ... exists and is not empty" every run,
+        and their ``hparams.yaml`` files overwrote each other)."""
         trainer = super().instantiate_trainer(**kwargs)
         loggers = trainer.loggers
         if len(loggers) == 1 and isinstance(loggers[0], TensorBoardLogger):
             tb = loggers[0]
-            trainer.loggers = [tb, CSVLogger(tb.save_dir, name=tb.name, version=tb.version)]
+            trainer.loggers = [tb, CSVLogger(tb.log_dir, name="", version="csv")]
         return trainer
+
+    def before_fit(self) -> None:
+        if self.config["fit"].get("ckpt_path") == "last":
+            self._require_last_checkpoint()
+
+    def _require_last_checkpoint(self) -> None:
+        """Lightning's ``ckpt_path="last"`` without a last checkpoint only warns and trains from scratch (and
+        exits 0): after a crash that silently restarts the run. Here it is an error."""
+        trainer = self.trainer
+        places, found = [], set()
+        for callback in trainer.callbacks:
+            if isinstance(callback, OnExceptionCheckpoint) and Path(callback.ckpt_path).is_file():
+                found.add(callback.ckpt_path)
+        for callback in trainer.checkpoint_callbacks:
+            if not isinstance(callback, ModelCheckpoint):
+                continue
+            if callback.dirpath is None:
+                places.append("a ModelCheckpoint without dirpath (its folder is the new run's "
+                              "lightning_logs/version_N/checkpoints, so it never holds an earlier run's)")
+                continue
+            places.append(str(callback.dirpath))
+            found |= callback._find_last_checkpoints(trainer)
+        if not found:
+            where = "; ".join(places) if places else "nowhere: the run has no ModelCheckpoint"
+            raise FileNotFoundError(
+                f"--ckpt_path last: no last checkpoint to resume from (looked for last*.ckpt in {where}); "
+                "nothing was trained. A run leaves one when its ModelCheckpoint has save_last: true and a fixed "
+                "dirpath (as configs/digits/mgd_amp.yaml); pass --ckpt_path PATH to resume from another file, "
+                "or drop --ckpt_path to start from scratch."
+            )
 
 
 def run_cli(args: Sequence[str] | None = None, run: bool = True) -> MGDCLI:
@@ -51,11 +197,16 @@ def run_cli(args: Sequence[str] | None = None, run: bool = True) -> MGDCLI:
     )
 
 
-def _missing_file(error: BaseException) -> FileNotFoundError | None:
-    """The FileNotFoundError (missing weights, data, checkpoint) behind a configuration error, if any."""
+#: errors whose message says all: ``main`` prints them as one line instead of a traceback
+USER_ERRORS = (FileNotFoundError, CheckpointFileError, NonFiniteLossError)
+
+
+def _user_error(error: BaseException) -> BaseException | None:
+    """The user-facing error (missing weights, data or checkpoint, an unreadable checkpoint, a non-finite loss)
+    behind an error, if any (jsonargparse and Lightning wrap them)."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, FileNotFoundError):
+        if isinstance(error, USER_ERRORS):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
@@ -65,8 +216,9 @@ def _missing_file(error: BaseException) -> FileNotFoundError | None:
 def main(args: Sequence[str] | None = None) -> None:
     """Console entry point ``mgd-lightning``.
 
-    A missing file (weights not in the torch hub cache, a dataset directory, a checkpoint) ends the run
-    with its one-line message instead of a traceback from inside the argument parser.
+    A missing file (weights not in the torch hub cache, a dataset directory, a checkpoint), an unreadable
+    checkpoint or a non-finite training loss ends the run with its one-line message (exit status 1) instead of
+    a traceback from inside the argument parser or the Trainer.
     """
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "demo":
@@ -81,11 +233,11 @@ def main(args: Sequence[str] | None = None) -> None:
         return
     try:
         run_cli(args)
-    except Exception as error:  # noqa: BLE001 - re-raised unless it is a missing file
-        missing = _missing_file(error)
-        if missing is None:
+    except Exception as error:  # noqa: BLE001 - re-raised unless its message says all
+        known = _user_error(error)
+        if known is None:
             raise
-        sys.exit(f"mgd-lightning: error: {missing}")
+        sys.exit(f"mgd-lightning: error: {known}")
 
 
 if __name__ == "__main__":

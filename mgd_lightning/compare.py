@@ -12,7 +12,9 @@ write into ``OUT/NAME/seedSEED/checkpoints`` instead of the config's fixed ``dir
 each other or a real run of the same config.
 
 Each finished run writes ``OUT/NAME/seedSEED/result.json``; a restart skips the runs that have one (resumable;
-delete a ``result.json`` to redo that run). The aggregate goes to ``OUT/results.csv`` and ``OUT/results.md``:
+delete a ``result.json`` to redo that run). A restart with other ``--extra-args``, another ``--eval`` or an edited
+config is refused (:func:`check_same_setting`): its finished runs would be reported as results of the new setting.
+The aggregate goes to ``OUT/results.csv`` and ``OUT/results.md``:
 per method the number of seeds, top-1 and top-k (top-5) error in % as mean ± sample std, the trainable
 parameters (student + the method's own modules: MGD's tap BatchNorms, OFD's connectors, ...) and the mean
 wall time of a run (fit + evaluation).
@@ -23,6 +25,7 @@ wall time of a run (fit + evaluation).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import re
@@ -37,7 +40,7 @@ from typing import Any
 from mgd_lightning.cli import run_cli
 from mgd_lightning.records import load_json, plus_minus, write_csv, write_json_atomic
 
-__all__ = ["main", "run_one", "aggregate", "method_names", "RESULT_FILE"]
+__all__ = ["main", "run_one", "aggregate", "check_same_setting", "method_names", "RESULT_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,38 @@ def method_names(configs: Sequence[str | Path]) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"configs must have distinct names; got {names}")
     return names
+
+
+def _config_digest(config: str | Path) -> str:
+    return hashlib.sha256(Path(config).read_bytes()).hexdigest()
+
+
+def check_same_setting(out: Path, configs: Sequence[str | Path], names: Sequence[str], seeds: Sequence[int],
+                       extra: Sequence[str], stage: str) -> None:
+    """``ValueError`` when a finished run under ``out`` that this call would skip was made with other
+    ``--extra-args``, another ``--eval`` stage or another content of its config (fields its ``result.json``
+    lacks are not compared)."""
+    diffs = []
+    for config, name in zip(configs, names):
+        digest = _config_digest(config)
+        for seed in seeds:
+            done = load_json(out / name / f"seed{seed}" / RESULT_FILE)
+            if done is None:
+                continue
+            run = f"{name}/seed{seed}"
+            if "extra_args" in done and list(done["extra_args"]) != list(extra):
+                diffs.append(f"{run}: extra args {list(done['extra_args'])} -> {list(extra)}")
+            if "evaluated" in done and done["evaluated"] != stage:
+                diffs.append(f"{run}: evaluated {done['evaluated']!r} -> {stage!r}")
+            if "config_sha256" in done and done["config_sha256"] != digest:
+                diffs.append(f"{run}: {os.fspath(config)} was edited since that run")
+    if diffs:
+        shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        raise ValueError(
+            f"{out} holds finished runs of another setting ({shown}): they would be skipped and reported as "
+            "results of this one. Pass another --out, delete those runs' result.json to redo them, or repeat "
+            "their setting."
+        )
 
 
 def _count(modules) -> int:
@@ -115,6 +150,7 @@ def run_one(config: str | Path, name: str, seed: int, out: Path, extra: Sequence
     result = {
         "method": name,
         "config": os.fspath(config),
+        "config_sha256": _config_digest(config),
         "seed": seed,
         "top1_err": top1,
         "topk": k,
@@ -201,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     names = method_names(args.configs)
     out: Path = args.out
+    try:
+        check_same_setting(out, args.configs, names, args.seeds, args.extra_args, args.stage)
+    except ValueError as err:
+        raise SystemExit(f"python -m mgd_lightning.compare: error: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
     results, failed = [], []
     for config, name in zip(args.configs, names):

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from mgd_lightning import DistillationModule
+from mgd_lightning import DistillationModule, MGDMatchingCallback
 from mgd_lightning.losses import kd_loss, margin_from_bn, partial_l2
 from mgd_lightning.reduction import reduce_teacher_and_margin
 from tests.toys import ToyNet, digits_dataset
@@ -43,7 +43,9 @@ def test_teacher_is_frozen_and_stays_in_eval(tmp_path):
     m.train()
     assert not m.teacher.training and m.student.training
     data = digits_dataset(limit=64)
-    _trainer(tmp_path, max_epochs=2).fit(m, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32))
+    matching = MGDMatchingCallback(update_every_n_epochs=1)  # its passes run the teacher too
+    _trainer(tmp_path, max_epochs=2, callbacks=[matching]).fit(m, DataLoader(data, batch_size=16),
+                                                               DataLoader(data, batch_size=32))
     assert not m.teacher.training
     after = m.teacher.state_dict()
     for k, v in before.items():

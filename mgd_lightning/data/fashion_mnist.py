@@ -1,8 +1,10 @@
 """Fashion-MNIST (10 classes, 60,000 train / 10,000 test 28x28 grey images), read from IDX files with numpy.
 
-Looked for, in order: the Debian package's files (``apt-get install dataset-fashion-mnist``:
-``/usr/share/datasets/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``), then torchvision's
-layout under ``root`` (``root/FashionMNIST/raw/*-ubyte[.gz]``), then a torchvision download when asked.
+Looked for: under ``root`` when one is given (torchvision's layout ``root/FashionMNIST/raw/*-ubyte[.gz]``, or the
+files in ``root`` itself), downloaded there when asked; without a root, in the Debian package's folder
+(``apt-get install dataset-fashion-mnist``:
+``/usr/share/datasets/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``) or other ``search_paths``.
+An explicit root that does not hold the files is an error (never a silent fall-back to another copy).
 """
 
 from __future__ import annotations
@@ -116,18 +118,19 @@ def _load_split(directory: Path, prefix: str) -> tuple[torch.Tensor, torch.Tenso
 class FashionMNISTDataModule(ImageDataModule):
     """Fashion-MNIST, ``(channels, 28, 28)`` images, with optional pad-and-crop augmentation.
 
-    The files are found by :func:`find_fashion_mnist` over ``search_paths`` (default: the Debian package's
-    ``/usr/share/datasets/fashion-mnist``), then ``root`` (as ``root/FashionMNIST/raw`` or ``root`` itself);
-    with ``download=True`` and nothing found, torchvision downloads them under ``root`` in ``prepare_data``.
-    Otherwise construction raises ``FileNotFoundError`` naming the places looked and how to install them.
+    With a ``root``, the files must be under it (as ``root/FashionMNIST/raw`` or ``root`` itself), or
+    ``download=True`` downloads them there in ``prepare_data``; ``search_paths`` are not used. Without a root,
+    :func:`find_fashion_mnist` looks in ``search_paths`` (default: the Debian package's
+    ``/usr/share/datasets/fashion-mnist``). Otherwise construction raises ``FileNotFoundError`` naming the
+    places looked, the expected files and how to install them.
 
     Args:
-        root: a torchvision data root (optional when the Debian package is installed; needed to download).
+        root: a torchvision data root holding the files (or to download them into); ``None``: ``search_paths``.
         batch_size, num_workers, pin_memory: of the loaders (:class:`~mgd_lightning.data.base.ImageDataModule`).
         channels: 1 (grey) or 3 (the grey channel repeated, for ImageNet-style models).
         augment: random 2-pixel pad-and-crop of the training images.
         download: let torchvision download the files under ``root`` when they are not found.
-        search_paths: folders to look in before ``root``; ``None``: the Debian package's folder.
+        search_paths: folders to look in when no ``root`` is given; ``None``: the Debian package's folder.
         limit_train, limit_val: keep only the first N images of a split after a permutation seeded by ``seed``
             (quick runs); ``matching_dataset()`` follows ``limit_train``.
         seed: seed of that permutation.
@@ -176,7 +179,9 @@ class FashionMNISTDataModule(ImageDataModule):
         self.save_hyperparameters()
 
     def _looked_in(self) -> list[str]:
-        return [*self.search_paths, *([self.root] if self.root is not None else [])]
+        # An explicit root is where the user says the data is: another copy found elsewhere would be used
+        # silently instead (a different version, a different subset), so it is the only place looked.
+        return [str(self.root)] if self.root is not None else list(self.search_paths)
 
     def _find(self) -> Path | None:
         return find_fashion_mnist(self._looked_in())
@@ -184,11 +189,18 @@ class FashionMNISTDataModule(ImageDataModule):
     def _not_found_message(self) -> str:
         places = "\n".join(f"  {p}" for p in _candidates(self._looked_in()))
         files = ", ".join(f"{stem}[.gz]" for stem in FASHION_MNIST_FILES)
+        if self.root is not None:
+            return (
+                f"Fashion-MNIST not found under root={str(self.root)!r}: expected {files} in\n{places}\n"
+                "Put torchvision's files under <root>/FashionMNIST/raw/ (or the four files in root itself), pass "
+                "download=True to download them there, or pass no root to use the Debian package "
+                "(apt-get install dataset-fashion-mnist, files in /usr/share/datasets/fashion-mnist)."
+            )
         return (
             f"Fashion-MNIST not found: looked for {files} in\n{places}\n"
             "Install the Debian package (apt-get install dataset-fashion-mnist, files in "
-            "/usr/share/datasets/fashion-mnist), put torchvision's files under <root>/FashionMNIST/raw/, "
-            "or pass download=True with a root."
+            "/usr/share/datasets/fashion-mnist), put torchvision's files under <root>/FashionMNIST/raw/ and pass "
+            "that root, or pass download=True with a root."
         )
 
     def prepare_data(self) -> None:

@@ -19,8 +19,19 @@ part of it, so the matching does not depend on that BN's statistics or affine pa
 
 Online mode (beyond the paper). ``mode="online"`` skips the extra pass: the costs are accumulated from
 the training steps' own features of the epochs since the last update (augmented inputs, student in
-train mode), and the next update solves on them. The first update, and one after a resume that left no
-accumulated cost, still runs the pass.
+train mode), and the next update solves on them. The first update of a ``fit`` (a resume included: the
+accumulated costs are not checkpointed) still runs the pass.
+
+Schedule across ``fit`` calls. A ``fit`` without ``ckpt_path`` (the first one, a notebook re-run with a new
+Trainer, fine-tuning after ``load_from_checkpoint``) is a new run: the matching is updated at its first epoch,
+then every ``update_every_n_epochs`` of its own epochs (the module's ``last_matching_epoch`` is reset at fit
+start; the matching itself is kept). ``fit(ckpt_path=...)`` resumes the checkpoint's schedule.
+
+Randomness. The pass draws its subset with its own generator and runs under
+:func:`~lightning_fabric.utilities.seed.isolate_rng`: it leaves the global torch / numpy / Python random states
+as it found them, so the training data order and augmentation do not depend on whether (or where) a pass ran,
+which a bit-exact resume needs (:class:`~mgd_lightning.distill.module.DistillationModule` checkpoints the
+random states).
 """
 
 from __future__ import annotations
@@ -32,7 +43,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Subset
+from pytorch_lightning.utilities.seed import isolate_rng
+from torch.utils.data import DataLoader, IterableDataset, Subset
 
 from mgd_lightning.matching import METRICS, assignment_cost, channel_cost
 
@@ -69,6 +81,10 @@ class MGDMatchingCallback(pl.Callback):
         last_costs: the combined (C_S, C_T) float64 cost per tap of the latest update.
         last_num_images: images in the latest pass, summed over ranks.
     """
+
+    #: :class:`~mgd_lightning.distill.module.DistillationModule` looks for this attribute among the Trainer's
+    #: callbacks (it cannot import this module): ``matching=True`` without such a callback is an error.
+    updates_mgd_matching = True
 
     def __init__(
         self,
@@ -117,10 +133,21 @@ class MGDMatchingCallback(pl.Callback):
         if self.is_due(trainer.current_epoch, pl_module):
             self.update_matching(trainer, pl_module)
 
-    # ------------------------------------------------------------------ online accumulation
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.mode == "online" and isinstance(pl_module, DistillationModule):
+        if not isinstance(pl_module, DistillationModule):
+            return
+        # Costs accumulated by an earlier fit belong to another run (and are not in checkpoints).
+        self._online_costs, self._online_count = [], None
+        if self.mode == "online":
             pl_module.keep_train_features = "bn" if self.student_bn_in_cost else "raw"
+        # The module's checkpoint (and so last_matching_epoch) is restored before this hook; the loop's epoch
+        # only after it. Without ckpt_path this fit is a new run whose epochs count from 0: an absolute
+        # last_matching_epoch of an earlier run would delay or skip its updates (a 4-epoch re-fit after an
+        # 8-epoch one got none), so the schedule restarts. With ckpt_path the checkpoint's schedule goes on.
+        if trainer.ckpt_path is None:
+            pl_module.last_matching_epoch.fill_(-1)
+
+    # ------------------------------------------------------------------ online accumulation
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.mode != "online" or not isinstance(pl_module, DistillationModule):
@@ -144,13 +171,22 @@ class MGDMatchingCallback(pl.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         loader = trainer.train_dataloader
         if datamodule is not None and hasattr(datamodule, "matching_dataset"):
-            dataset = datamodule.matching_dataset()
+            dataset, source = datamodule.matching_dataset(), f"{type(datamodule).__name__}.matching_dataset()"
         elif isinstance(loader, DataLoader):
-            dataset = loader.dataset
+            dataset, source = loader.dataset, "the training DataLoader"
         else:
             raise RuntimeError(
                 "MGDMatchingCallback needs a map-style training dataset: give the trainer a DataLoader "
-                "over a Dataset, or a data module with a matching_dataset() method"
+                f"over a Dataset (got a {type(loader).__name__}), or a data module with a matching_dataset() method"
+            )
+        map_style = hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
+        if isinstance(dataset, IterableDataset) or not map_style:
+            raise RuntimeError(
+                f"MGDMatchingCallback needs a map-style dataset (with __len__ and __getitem__) to draw its random "
+                f"subset, but {source} is a {type(dataset).__name__}"
+                f"{' (an IterableDataset)' if isinstance(dataset, IterableDataset) else ''}. Train on a map-style "
+                "Dataset, or give the data module a matching_dataset() method returning one (e.g. the training "
+                "images with evaluation transforms)"
             )
         batch_size = self.batch_size or (loader.batch_size if isinstance(loader, DataLoader) else None) or 64
         num_workers = self.num_workers
@@ -174,6 +210,8 @@ class MGDMatchingCallback(pl.Callback):
         loader = DataLoader(
             Subset(dataset, self.last_indices), batch_size=batch_size, shuffle=False,
             num_workers=num_workers, collate_fn=collate,
+            # its own generator: the loader's worker base seed is not drawn from the global torch RNG
+            generator=torch.Generator().manual_seed(self.seed + trainer.current_epoch),
         )
         device = pl_module.device
         costs = [torch.zeros(c_s, c_t, dtype=torch.float64, device=device) for c_s, c_t, _, _ in pl_module.tap_shapes]
@@ -223,7 +261,8 @@ class MGDMatchingCallback(pl.Callback):
         if self.mode == "online" and self._online_costs:
             local_costs, local_count, source = self._online_costs, self._online_count, "online"
         else:
-            (local_costs, local_count), source = self.compute_costs(trainer, pl_module), "pass"
+            with isolate_rng():  # augmentation in the pass's dataset must not shift the training's random draws
+                (local_costs, local_count), source = self.compute_costs(trainer, pl_module), "pass"
         self._online_costs, self._online_count = [], None
         costs = [self._gather_sum(trainer, c) for c in local_costs]
         num_images = int(self._gather_sum(trainer, local_count))

@@ -2,12 +2,28 @@
 
 The matching itself is updated by :class:`mgd_lightning.MGDMatchingCallback` (coordinate descent,
 section 3.4); this module holds it in persistent buffers and applies it in every training step.
+
+Safety nets. ``matching=True`` (MGD's default) without the callback in the Trainer is an error at fit start (it
+would silently train the "without matching" ablation). A non-finite loss term stops training with
+:class:`NonFiniteLossError`, which names the step and the term, before any checkpoint with non-finite weights is
+written (checked without a host synchronisation per step: see :meth:`DistillationModule.check_finite_loss`).
+
+Reproducibility. Checkpoints hold the process's random states (torch CPU / CUDA, numpy, Python, as tensors:
+:mod:`mgd_lightning.distill.rng`), restored at the start of ``fit(ckpt_path=...)`` in a single-process run. A
+resume from an end-of-epoch checkpoint (``ModelCheckpoint``'s default) then reproduces the uninterrupted run
+bit for bit on CPU: same data order and augmentation, same matchings, same student weights (given the same
+data, loader workers and deterministic kernels; GPU kernels may add their own nondeterminism). A mid-epoch
+checkpoint (``every_n_train_steps``) restores weights, optimiser, matching and random states, but Lightning
+restarts a plain DataLoader at the start of its order, so the rest of that epoch sees other batches than the
+uninterrupted run would have: equivalent, not identical. Under DDP the states are not restored (rank 0's
+states would be given to every rank).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -19,13 +35,18 @@ from mgd_lightning.matching import balanced_assignment, contiguous_groups, spars
 from mgd_lightning.reduction import MARGIN_REDUCTIONS, METHODS, reduce_teacher_and_margin
 
 from .classifier import ClassificationModule, split_batch
+from .rng import get_rng_states, set_rng_states
 from .taps import FeatureTaps, Tap, batchnorm_before_taps, resolve_taps
 
-__all__ = ["DistillationModule"]
+__all__ = ["DistillationModule", "NonFiniteLossError"]
 
 log = logging.getLogger(__name__)
 
 ASSIGNMENTS = {"balanced": balanced_assignment, "sparse": sparse_assignment}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss term became NaN or infinite (raised by :class:`DistillationModule`)."""
 
 
 def _default_input_size(*models: nn.Module) -> tuple[int, int, int]:
@@ -71,8 +92,10 @@ class DistillationModule(ClassificationModule):
         kd_weight, kd_temperature: Hinton KD on top (MGD reference: weight 1, T = 1.5 when enabled); the
             KD baseline's recipes are in :data:`mgd_lightning.distillers.KD_RECIPES`.
         ce_weight: weight of the student's cross-entropy (1; mdistiller's KD recipes use 0.1 / 0.5).
-        lr, momentum, nesterov, weight_decay, lr_milestones, lr_gamma: SGD with step decay
-            (reference: 0.01 for a pre-trained student, 0.9, Nesterov, 1e-4, x0.1 every 30 epochs).
+        lr, momentum, nesterov, weight_decay, lr_milestones, lr_gamma, warmup_epochs: SGD with step decay
+            after an optional linear warm-up (:class:`~mgd_lightning.distill.classifier.ClassificationModule`;
+            reference ``main_mgd.py``: 0.01 for a pre-trained student, 0.9, Nesterov, 1e-4, x0.1 at 31 / 61 / 81
+            of 120 epochs on CUB-200; ImageNet MobileNet-V1: 10 warm-up epochs).
         num_classes: for the accuracy metrics; default from the student's output width.
     """
 
@@ -101,6 +124,7 @@ class DistillationModule(ClassificationModule):
         lr_milestones: Sequence[int] = (30, 60, 90),
         lr_gamma: float = 0.1,
         num_classes: int | None = None,
+        warmup_epochs: int = 0,
     ) -> None:
         if reducer not in METHODS:
             raise ValueError(f"reducer must be one of {METHODS}; got {reducer!r}")
@@ -116,7 +140,7 @@ class DistillationModule(ClassificationModule):
             raise ValueError(f"ce_weight and kd_weight must be >= 0; got ce_weight={ce_weight}, kd_weight={kd_weight}")
         super().__init__(
             student, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-            lr_milestones=lr_milestones, lr_gamma=lr_gamma, num_classes=num_classes,
+            lr_milestones=lr_milestones, lr_gamma=lr_gamma, num_classes=num_classes, warmup_epochs=warmup_epochs,
         )
         self.teacher = teacher
         self.teacher.requires_grad_(False)
@@ -142,9 +166,23 @@ class DistillationModule(ClassificationModule):
         self.student_taps = FeatureTaps(student, s_taps)
         self.num_taps = len(t_taps)
 
-        size = tuple(input_size) if input_size is not None else _default_input_size(student, teacher)
+        size = tuple(int(v) for v in input_size) if input_size is not None else _default_input_size(student, teacher)
+        if len(size) != 3:
+            raise ValueError(f"input_size must be (C, H, W), e.g. (3, 32, 32); got {size}")
         example = torch.zeros(1, *size, device=next(teacher.parameters()).device)
-        t_shapes, s_shapes = self._probe(example)
+        try:
+            t_shapes, s_shapes = self._probe(example)
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+            given = "" if input_size is not None else (
+                " (not given: the models' default_input_size, else (3, 224, 224))"
+            )
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"input_size={size}{given}: the teacher and student cannot run a (1, {size[0]}, {size[1]}, "
+                f"{size[2]}) probe input ({type(err).__name__}: {reason}). input_size must be the (C, H, W) of "
+                "the training images as the networks take them, e.g. (3, 32, 32) for CIFAR-100, (3, 224, 224) "
+                "for CUB-200 / ImageNet, (3, 16, 16) for configs/digits"
+            ) from err
         for k, (tt, st, ts, ss) in enumerate(zip(t_taps, s_taps, t_shapes, s_shapes)):
             if ts[2:] != ss[2:]:
                 raise ValueError(
@@ -205,6 +243,13 @@ class DistillationModule(ClassificationModule):
         # for the matching cost: "raw" student taps (reference code), "bn" after the student-side BN, or None.
         self.keep_train_features: str | None = None
         self.last_train_features: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        # Non-finite loss tracking (check_finite_loss): device tensors, read by the host only at the checks.
+        self._first_bad_step: torch.Tensor | None = None
+        self._first_bad_term: torch.Tensor | None = None
+        self._loss_terms: list[str] = []
+        self._steps_since_check = 0
+        # Random states of the checkpoint being resumed (on_load_checkpoint), applied at fit start.
+        self._resume_rng_states: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ construction helpers
     def _probe(self, example: torch.Tensor):
@@ -219,6 +264,98 @@ class DistillationModule(ClassificationModule):
         finally:
             self.student.train(was_training)
         return t_shapes, s_shapes
+
+    # ------------------------------------------------------------------ fit checks and checkpoint state
+    #: host reads of the non-finite flag: every this many training batches, at epoch end, before every
+    #: checkpoint is written and at the end of training (one read each, never one per step).
+    nonfinite_check_every_n_steps: int = 100
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.assignment is not None and not any(
+            getattr(cb, "updates_mgd_matching", False) for cb in self.trainer.callbacks
+        ):
+            raise RuntimeError(
+                f"DistillationModule(distiller='mgd', reducer={self.reducer!r}, matching=True) learns the channel "
+                "matching, but this Trainer has no MGDMatchingCallback: the matching would never be updated and "
+                "the run would silently be the paper's 'without matching' ablation. Add MGDMatchingCallback() to "
+                "the Trainer's callbacks (pl.Trainer(callbacks=[MGDMatchingCallback(), ...])), or pass "
+                "matching=False to train that ablation on purpose."
+            )
+        self._first_bad_step = self._first_bad_term = None
+        self._steps_since_check = 0
+        states, self._resume_rng_states = self._resume_rng_states, None
+        # Only for fit(ckpt_path=...): load_from_checkpoint also runs on_load_checkpoint, and a new fit of
+        # the loaded module (fine-tuning) is a new run with its own randomness.
+        if states is not None and self.trainer.ckpt_path is not None and self.trainer.world_size == 1:
+            set_rng_states(states)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite_loss("before writing a checkpoint")  # no checkpoint with non-finite weights
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["rng_states"] = get_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._resume_rng_states = checkpoint.get("rng_states")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._steps_since_check += 1
+        if self._steps_since_check >= self.nonfinite_check_every_n_steps:
+            self.check_finite_loss()
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite_loss("at the end of the epoch")
+
+    def on_train_end(self) -> None:
+        self.check_finite_loss("at the end of training")
+
+    def _track_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        """Record, on the device and without a host synchronisation, the first step whose loss terms are not
+        all finite, and its first non-finite term."""
+        names = list(terms)
+        finite = torch.stack([torch.isfinite(t.detach()).all() for t in terms.values()])
+        if self._first_bad_step is None or self._first_bad_step.device != finite.device:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=finite.device)
+            self._first_bad_term = torch.zeros((), dtype=torch.long, device=finite.device)
+        if names != self._loss_terms:
+            self._loss_terms = names
+        first = (~finite.all()) & (self._first_bad_step < 0)
+        step = torch.full_like(self._first_bad_step, self.global_step)
+        self._first_bad_step = torch.where(first, step, self._first_bad_step)
+        self._first_bad_term = torch.where(first, torch.argmin(finite.long()), self._first_bad_term)
+
+    def check_finite_loss(self, when: str = "") -> None:
+        """Raise :class:`NonFiniteLossError` if a training loss term was NaN or infinite since fit start.
+
+        ``training_step`` only updates a device-side record (first bad step, first bad term); this reads it
+        (one host synchronisation) and is called every :attr:`nonfinite_check_every_n_steps` batches, at the end
+        of each epoch, before every checkpoint is written (so none holds the resulting non-finite weights: the
+        last one written is the last finite one) and at the end of training. Under DDP the ranks agree
+        (any rank's non-finite loss stops all).
+        """
+        self._steps_since_check = 0
+        if self._first_bad_step is None:
+            return
+        bad_step, bad_term = (int(v) for v in torch.stack([self._first_bad_step, self._first_bad_term]).tolist())
+        trainer = self._trainer
+        stop = bad_step >= 0
+        if trainer is not None and trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        where = f" {when}" if when else ""
+        if bad_step < 0:
+            detail = "on another process (this rank's terms were finite)"
+        else:
+            detail = f"at step {bad_step} (global_step): its first non-finite term is {self._loss_terms[bad_term]!r}"
+        raise NonFiniteLossError(
+            f"non-finite training loss {detail}; loss terms: {', '.join(self._loss_terms)}. Training stopped"
+            f"{where} at step {self.global_step}, and no checkpoint was written after that step: those written "
+            f"before it (if any) hold finite weights. Usual causes: a learning rate too high (lr={self.hparams.lr}), "
+            f"a loss_factor too small (loss_factor={self.loss_factor}), NaN or infinite inputs, or fp16 overflow. "
+            "Lower the learning rate and resume from that checkpoint, or fix the inputs."
+        )
 
     # ------------------------------------------------------------------ state
     def train(self, mode: bool = True):
@@ -307,17 +444,23 @@ class DistillationModule(ClassificationModule):
         ce = F.cross_entropy(s_logits, y)
         loss = self.ce_weight * ce if self.ce_weight != 1.0 else ce
         logs = {"train/ce": ce.detach()}
+        terms = {"ce": ce}
         if self.distill_weight > 0:
             per_tap = self.distillation_losses(s_feats, t_feats)
             distill = torch.stack(per_tap).sum()
             loss = loss + self.distill_weight * distill
             logs["train/distill"] = distill.detach()
             logs.update({f"train/distill_tap{k}": v.detach() for k, v in enumerate(per_tap)})
+            for k, v in enumerate(per_tap):
+                tt, st = self.teacher_taps.taps[k].module, self.student_taps.taps[k].module
+                terms[f"distill tap {k} (teacher {tt!r}, student {st!r})"] = v
         if self.kd_weight > 0:
             kd = kd_loss(s_logits, t_logits, self.kd_temperature)
             loss = loss + self.kd_weight * kd
             logs["train/kd"] = kd.detach()
+            terms["kd"] = kd
         logs["train/loss"] = loss.detach()
+        self._track_finite(terms)
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
         return loss
 

@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from mgd_lightning.checkpoints import check_checkpoint_file
+
 from .cifarresnet import cifar_resnet, resnet56
 from .mobilenetv1 import mobilenet_v1
 from .mobilenetv2_mgd import mobilenet_v2_mgd
@@ -114,6 +116,7 @@ def _load_checkpoint(model: nn.Module, checkpoint: str, prefix: str) -> None:
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such file")
+    check_checkpoint_file(path, what="checkpoint")  # empty / truncated / corrupt: one line naming the file
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint
         state = state["state_dict"]
