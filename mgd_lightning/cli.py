@@ -1,6 +1,8 @@
-"""The ``mgd-lightning`` command: LightningCLI runs (fit / validate / test / predict) and the demo.
+"""The ``mgd-lightning`` command: LightningCLI runs (fit / validate / test / predict), export, the demo and the study.
 
     mgd-lightning fit --config configs/cub200/mgd_amp_mobilenet_v2.yaml --data.init_args.root /data/CUB_200_2011
+    mgd-lightning predict --config configs/digits/mgd_amp.yaml --ckpt_path runs/digits/mgd_amp/checkpoints/best.ckpt
+    mgd-lightning export --ckpt_path runs/digits/mgd_amp/checkpoints/best.ckpt --output student.pt
     mgd-lightning demo
     mgd-lightning study [--setting cpu|gpu]
 
@@ -17,7 +19,13 @@ Beyond LightningCLI:
   options are passed to it as the equivalent nested dict;
 * the checkpoint files a run reads (``build_model(checkpoint=...)``, ``--ckpt_path``) are checked before
   anything is built: an empty, truncated or non-PyTorch file is a one-line error naming it;
-* ``--ckpt_path last`` without a last checkpoint is an error, not a silent fresh start.
+* ``--ckpt_path last`` without a last checkpoint is an error, not a silent fresh start;
+* ``predict`` writes its predictions: a :class:`~mgd_lightning.distill.prediction_writer.PredictionWriter`
+  (``predictions.csv`` in the run folder, its path printed) unless the Trainer's callbacks have a prediction
+  writer already (``--trainer.callbacks+=mgd_lightning.distill.prediction_writer.PredictionWriter
+  --trainer.callbacks.output=PATH --trainer.callbacks.top_k=5`` for another path or the top-k);
+* ``export`` (:mod:`mgd_lightning.export`) writes a checkpoint's student as a plain state_dict, TorchScript or
+  ONNX file.
 """
 
 from __future__ import annotations
@@ -30,13 +38,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 from jsonargparse import Namespace
-from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint, OnExceptionCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from mgd_lightning.checkpoints import CheckpointFileError, check_checkpoint_file
 from mgd_lightning.distill.callback import MGDMatchingCallback
-from mgd_lightning.distill.module import NonFiniteLossError
+from mgd_lightning.distill.module import NonFiniteLossError, TeacherMismatchError
+from mgd_lightning.distill.prediction_writer import PredictionWriter
 
 __all__ = ["MGDCLI", "main"]
 
@@ -157,6 +166,12 @@ class MGDCLI(LightningCLI):
         if self.config["fit"].get("ckpt_path") == "last":
             self._require_last_checkpoint()
 
+    def before_predict(self) -> None:
+        """Predictions are written to a file: a :class:`PredictionWriter` (``predictions.csv`` in the run folder)
+        unless the Trainer has a prediction writer already."""
+        if not any(isinstance(callback, BasePredictionWriter) for callback in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
+
     def _require_last_checkpoint(self) -> None:
         """Lightning's ``ckpt_path="last"`` without a last checkpoint only warns and trains from scratch (and
         exits 0): after a crash that silently restarts the run. Here it is an error."""
@@ -198,7 +213,7 @@ def run_cli(args: Sequence[str] | None = None, run: bool = True) -> MGDCLI:
 
 
 #: errors whose message says all: ``main`` prints them as one line instead of a traceback
-USER_ERRORS = (FileNotFoundError, CheckpointFileError, NonFiniteLossError)
+USER_ERRORS = (FileNotFoundError, CheckpointFileError, NonFiniteLossError, TeacherMismatchError)
 
 
 def _user_error(error: BaseException) -> BaseException | None:
@@ -230,6 +245,11 @@ def main(args: Sequence[str] | None = None) -> None:
         from mgd_lightning.study import main as study_main
 
         study_main(argv[1:])
+        return
+    if argv and argv[0] == "export":
+        from mgd_lightning.export import main as export_main
+
+        export_main(argv[1:])
         return
     try:
         run_cli(args)

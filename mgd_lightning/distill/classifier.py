@@ -222,8 +222,13 @@ class ClassificationModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self.model(split_batch(batch)[0]).softmax(dim=-1)
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The predicted class of each image and its probability: ``{"class_id": (B,) int64, "probability":
+        (B,), "probabilities": (B, num_classes)}`` (softmax of the logits); written to a CSV file by
+        :class:`~mgd_lightning.distill.prediction_writer.PredictionWriter` (``mgd-lightning predict``)."""
+        probabilities = self.model(split_batch(batch)[0]).softmax(dim=-1)
+        probability, class_id = probabilities.max(dim=-1)
+        return {"class_id": class_id, "probability": probability, "probabilities": probabilities}
 
     def trainable_modules(self) -> list[nn.Module]:
         """Modules whose parameters the optimiser updates."""

@@ -17,11 +17,22 @@ checkpoint (``every_n_train_steps``) restores weights, optimiser, matching and r
 restarts a plain DataLoader at the start of its order, so the rest of that epoch sees other batches than the
 uninterrupted run would have: equivalent, not identical. Under DDP the states are not restored (rank 0's
 states would be given to every rank).
+
+Lean checkpoints. The frozen teacher is not written into checkpoints (``save_teacher=False``, the default): it is
+built again from its config, or passed again, at load time (ResNet-50 -> MobileNet-V2: 94 MB of a 113 MB
+checkpoint). Such a checkpoint says so (``checkpoint["teacher_omitted"] = True``) and records the teacher's
+tensor shapes (``checkpoint["teacher_shapes"]``); loading it (``fit(ckpt_path=...)``,
+``load_from_checkpoint(path, teacher=..., student=...)``) puts the live teacher's own tensors back into the
+loaded state_dict, so that Lightning's strict loading passes and the teacher stays the one given. A teacher of
+another architecture is a :class:`TeacherMismatchError`; one with other BatchNorm weights than the teacher the
+run was trained with (its margins differ from the checkpoint's) is a warning. ``save_teacher=True`` writes
+the teacher as before; checkpoints holding it (also older ones) load as before.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +49,7 @@ from .classifier import ClassificationModule, split_batch
 from .rng import get_rng_states, set_rng_states
 from .taps import FeatureTaps, Tap, batchnorm_before_taps, resolve_taps
 
-__all__ = ["DistillationModule", "NonFiniteLossError"]
+__all__ = ["DistillationModule", "NonFiniteLossError", "TeacherMismatchError"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,16 @@ ASSIGNMENTS = {"balanced": balanced_assignment, "sparse": sparse_assignment}
 
 class NonFiniteLossError(FloatingPointError):
     """A training loss term became NaN or infinite (raised by :class:`DistillationModule`)."""
+
+
+class TeacherMismatchError(RuntimeError, ValueError):
+    """A checkpoint loaded with a teacher (or taps) of another architecture than the run's (raised by
+    :meth:`DistillationModule.on_load_checkpoint`). A ``RuntimeError`` as Lightning's strict-loading error it
+    replaces, and a ``ValueError`` (a wrong argument)."""
+
+
+#: key prefix of the frozen teacher in the module's state_dict
+TEACHER_PREFIX = "teacher."
 
 
 def _default_input_size(*models: nn.Module) -> tuple[int, int, int]:
@@ -97,6 +118,9 @@ class DistillationModule(ClassificationModule):
             reference ``main_mgd.py``: 0.01 for a pre-trained student, 0.9, Nesterov, 1e-4, x0.1 at 31 / 61 / 81
             of 120 epochs on CUB-200; ImageNet MobileNet-V1: 10 warm-up epochs).
         num_classes: for the accuracy metrics; default from the student's output width.
+        save_teacher: write the frozen teacher into checkpoints too (one self-contained file). Default
+            ``False``: lean checkpoints without ``teacher.*`` keys; the teacher is given again at load time
+            (see the module docstring).
     """
 
     def __init__(
@@ -125,6 +149,7 @@ class DistillationModule(ClassificationModule):
         lr_gamma: float = 0.1,
         num_classes: int | None = None,
         warmup_epochs: int = 0,
+        save_teacher: bool = False,
     ) -> None:
         if reducer not in METHODS:
             raise ValueError(f"reducer must be one of {METHODS}; got {reducer!r}")
@@ -250,6 +275,7 @@ class DistillationModule(ClassificationModule):
         self._steps_since_check = 0
         # Random states of the checkpoint being resumed (on_load_checkpoint), applied at fit start.
         self._resume_rng_states: dict[str, torch.Tensor] | None = None
+        self.save_teacher = bool(save_teacher)
 
     # ------------------------------------------------------------------ construction helpers
     def _probe(self, example: torch.Tensor):
@@ -291,13 +317,80 @@ class DistillationModule(ClassificationModule):
             set_rng_states(states)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Random states in, and (unless ``save_teacher``) the frozen teacher's ``teacher.*`` tensors out: the
+        checkpoint then says ``teacher_omitted`` and records the teacher's tensor shapes."""
         self.check_finite_loss("before writing a checkpoint")  # no checkpoint with non-finite weights
         super().on_save_checkpoint(checkpoint)
         checkpoint["rng_states"] = get_rng_states()
+        state = checkpoint.get("state_dict")
+        if self.save_teacher or state is None:
+            return
+        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+            del state[key]
+        checkpoint["teacher_omitted"] = True
+        checkpoint["teacher_shapes"] = {k: list(v.shape) for k, v in self.teacher.state_dict().items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Random states kept for the resume; a lean checkpoint's teacher put back from the live teacher (after
+        checking that its architecture is the run's)."""
         super().on_load_checkpoint(checkpoint)
         self._resume_rng_states = checkpoint.get("rng_states")
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            self._restore_teacher_state(state, checkpoint)
+
+    def _restore_teacher_state(self, state: dict[str, torch.Tensor], checkpoint: dict[str, Any]) -> None:
+        saved = {k[len(TEACHER_PREFIX):]: tuple(v.shape) for k, v in state.items() if k.startswith(TEACHER_PREFIX)}
+        omitted = bool(checkpoint.get("teacher_omitted")) or not saved
+        if omitted:
+            recorded = checkpoint.get("teacher_shapes")
+            saved = {k: tuple(v) for k, v in recorded.items()} if recorded is not None else None
+        live = self.teacher.state_dict()
+        problems = []
+        if saved is not None:
+            problems += [f"teacher.{k}: {tuple(v)} in the checkpoint's teacher, {tuple(live[k].shape)} in the "
+                         "teacher given" for k, v in saved.items() if k in live and tuple(live[k].shape) != v]
+            missing, extra = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))
+            if missing:
+                problems.append(f"{len(missing)} teacher tensor(s) the checkpoint's teacher does not have "
+                                f"(teacher.{missing[0]}, ...)")
+            if extra:
+                problems.append(f"{len(extra)} tensor(s) of the checkpoint's teacher missing in the teacher given "
+                                f"(teacher.{extra[0]}, ...)")
+        own = self.state_dict()
+        for key in (k for k in state if k.startswith(("matching_", "margin_"))):
+            if key not in own:
+                problems.append(f"{key}: in the checkpoint, not in this module (another number of tap pairs)")
+            elif tuple(own[key].shape) != tuple(state[key].shape):
+                problems.append(f"{key}: {tuple(state[key].shape)} in the checkpoint, {tuple(own[key].shape)} with "
+                                "the teacher and student given")
+        if problems:
+            how = ("it was saved without its teacher (save_teacher=False), so the teacher is the one given at load "
+                   "time" if omitted else "it holds its teacher")
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            raise TeacherMismatchError(
+                f"this checkpoint does not fit the teacher (or taps) given: {how}, and the architecture differs "
+                f"from the run's: {shown}. Build the teacher and student as the run did (the same names, "
+                "num_classes and arch_args: its config.yaml) and pass the same teacher_taps / student_taps."
+            )
+        if not omitted:
+            return
+        # Lightning loads the state_dict strictly: the live teacher's own tensors stand in for the omitted ones
+        # (loading a tensor into itself leaves it as it is).
+        state.update({TEACHER_PREFIX + k: v for k, v in live.items()})
+        changed = [
+            key for key in state
+            if key.startswith("margin_") and state[key].numel() and not torch.allclose(
+                state[key].detach().float().cpu(), own[key].detach().float().cpu(), rtol=1e-4, atol=1e-6)
+        ]
+        if changed:
+            warnings.warn(
+                f"the teacher given is not the one this checkpoint was trained with: its BatchNorm margins differ "
+                f"from the checkpoint's ({', '.join(changed)}); the checkpoint was saved without its teacher "
+                "(save_teacher=False), so the teacher given is the one used. Build it as the run did (e.g. with "
+                "the same checkpoint= / weights= of build_model) unless that is what you mean.",
+                UserWarning, stacklevel=2,
+            )
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._steps_since_check += 1

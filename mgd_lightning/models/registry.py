@@ -127,7 +127,7 @@ def _load_checkpoint(model: nn.Module, checkpoint: str, prefix: str) -> None:
                 raise ValueError(
                     f"checkpoint={checkpoint!r} has no keys under checkpoint_prefix={prefix!r}; its prefixes "
                     f"are {prefixes} (a ClassificationModule run stores 'model.', a DistillationModule run "
-                    "stores the student under 'model.' and the teacher under 'teacher.')"
+                    "stores the student under 'model.', and the teacher under 'teacher.' only with save_teacher=True)"
                 )
             state = picked
     model.load_state_dict(state)
