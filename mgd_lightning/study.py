@@ -268,8 +268,11 @@ def _init_worker(threads: int, parent: int) -> None:
         import ctypes
         import signal
 
-        try:  # PR_SET_PDEATHSIG: a killed study leaves no orphan runs competing with its restart
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+        # PR_SET_PDEATHSIG: a killed study leaves no orphan runs competing with its restart (or writing a result of
+        # old code into a folder restarted since). SIGKILL, not SIGTERM: Lightning's signal connector catches
+        # SIGTERM during fit and lets the run go on (seen: orphans still training 15 min after their study died).
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
         except (OSError, AttributeError):
             log.debug("prctl(PR_SET_PDEATHSIG) unavailable: workers may outlive a killed study")
         if os.getppid() != parent:  # the study died while this worker was starting

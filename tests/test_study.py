@@ -196,6 +196,8 @@ def test_killing_the_study_stops_its_workers(tmp_path, fashion, how):
                 break
             time.sleep(0.2)
         assert len(workers) == 2, "the study did not start its two workers"
+        if how == "SIGKILL":  # inside the workers' fit, where Lightning's signal connector catches SIGTERM
+            time.sleep(8)
         proc.send_signal(getattr(signal, how))
         assert proc.wait(timeout=60) != 0
         deadline = time.monotonic() + 30
