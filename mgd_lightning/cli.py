@@ -43,6 +43,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from mgd_lightning.checkpoints import CheckpointFileError, check_checkpoint_file
+from mgd_lightning.data.datasets import DataFileError
 from mgd_lightning.distill.callback import MGDMatchingCallback
 from mgd_lightning.distill.module import NonFiniteLossError, TeacherMismatchError
 from mgd_lightning.distill.prediction_writer import PredictionWriter
@@ -197,6 +198,8 @@ class MGDCLI(LightningCLI):
                 "dirpath (as configs/digits/mgd_amp.yaml); pass --ckpt_path PATH to resume from another file, "
                 "or drop --ckpt_path to start from scratch."
             )
+        newest = max(found, key=lambda p: Path(p).stat().st_mtime)  # the one Lightning resumes from
+        check_checkpoint_file(newest, what="--ckpt_path last")
 
 
 def run_cli(args: Sequence[str] | None = None, run: bool = True) -> MGDCLI:
@@ -213,7 +216,7 @@ def run_cli(args: Sequence[str] | None = None, run: bool = True) -> MGDCLI:
 
 
 #: errors whose message says all: ``main`` prints them as one line instead of a traceback
-USER_ERRORS = (FileNotFoundError, CheckpointFileError, NonFiniteLossError, TeacherMismatchError)
+USER_ERRORS = (FileNotFoundError, CheckpointFileError, DataFileError, NonFiniteLossError, TeacherMismatchError)
 
 
 def _user_error(error: BaseException) -> BaseException | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from .base import ImageDataModule, seeded_subset
 from .cifar100 import CIFAR100DataModule, load_cifar100
 from .cub200 import CUB200DataModule, detect_cub_layout
+from .datasets import DataFileError
 from .digits import DigitsDataModule, load_digits_images
 from .fashion_mnist import FashionMNISTDataModule, find_fashion_mnist, read_idx
 from .imagenet import ImageNetDataModule
@@ -28,6 +29,7 @@ __all__ = [
     "DATAMODULES",
     "CIFAR100DataModule",
     "CUB200DataModule",
+    "DataFileError",
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "ImageDataModule",

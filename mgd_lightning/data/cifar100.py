@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .base import ImageDataModule
-from .datasets import TensorImageDataset
+from .datasets import DataFileError, TensorImageDataset
 from .transforms import cifar_transforms
 
 __all__ = ["CIFAR100DataModule", "load_cifar100"]
@@ -44,10 +44,17 @@ def _cifar_dir(root: str | Path) -> Path:
 
 
 def _unpickle(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as error:
+        # a truncated pickle: EOFError "Ran out of input" or UnpicklingError "pickle data was truncated", no file name
+        raise DataFileError(
+            f"{path}: truncated or corrupt pickle ({type(error).__name__}: {error}); extract cifar-100-python.tar.gz "
+            "again (or pass download=True)"
+        ) from error
     if not isinstance(entry, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
+        raise DataFileError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 
@@ -58,19 +65,19 @@ def load_cifar100(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Te
     entry = _unpickle(path)
     for key in ("data", "fine_labels"):
         if key not in entry:
-            raise ValueError(f"{path}: no '{key}' entry (has {sorted(entry)}); not a CIFAR-100 pickle")
+            raise DataFileError(f"{path}: no '{key}' entry (has {sorted(entry)}); not a CIFAR-100 pickle")
     data = np.asarray(entry["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
+        raise DataFileError(f"{path}: 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}")
     labels = np.asarray(entry["fine_labels"], dtype=np.int64)
     if labels.shape != (len(data),):
-        raise ValueError(f"{path}: {len(data)} images but {labels.size} fine labels")
+        raise DataFileError(f"{path}: {len(data)} images but {labels.size} fine labels")
     meta = _unpickle(directory / "meta")
     names = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in meta.get("fine_label_names", [])]
     if len(names) != 100:
-        raise ValueError(f"{directory / 'meta'}: expected 100 'fine_label_names', got {len(names)}")
+        raise DataFileError(f"{directory / 'meta'}: expected 100 'fine_label_names', got {len(names)}")
     if labels.size and (labels.min() < 0 or labels.max() >= 100):
-        raise ValueError(f"{path}: fine labels must be in 0..99, got {labels.min()}..{labels.max()}")
+        raise DataFileError(f"{path}: fine labels must be in 0..99, got {labels.min()}..{labels.max()}")
     images = torch.from_numpy(np.ascontiguousarray(data.reshape(-1, 3, 32, 32)))
     return images, torch.from_numpy(labels), names
 

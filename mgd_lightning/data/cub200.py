@@ -9,7 +9,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from .base import ImageDataModule
-from .datasets import ImageFileDataset, folder_split_classes, scan_split
+from .datasets import DataFileError, ImageFileDataset, folder_split_classes, scan_split
 from .transforms import TRAIN_CROPS, TrainCrop, imagenet_transforms
 
 __all__ = ["CUB200DataModule", "CUB_LAYOUTS", "detect_cub_layout"]
@@ -31,30 +31,37 @@ CUB_LAYOUTS = """expected one of these CUB-200 layouts:
 
 
 def _read_pairs(path: Path, what: str) -> dict[int, str]:
-    """``{id: rest of line}`` of a CUB ``'<id> <value>'`` text file; ``ValueError`` on a malformed line."""
+    """``{id: rest of line}`` of a CUB ``'<id> <value>'`` text file; ``DataFileError`` (a ``ValueError``) naming the
+    file on a malformed line or bytes that are not text (a corrupt file)."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise DataFileError(f"{path} is not a text file ({error}): corrupt; extract the archive again") from error
     pairs: dict[int, str] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         parts = line.split(maxsplit=1)
         if len(parts) != 2 or not parts[0].isdigit():
-            raise ValueError(f"{path}, line {lineno}: expected '<id> <{what}>', got {line!r}; {CUB_LAYOUTS}")
+            raise DataFileError(f"{path}, line {lineno}: expected '<id> <{what}>', got {line!r}; {CUB_LAYOUTS}")
         key = int(parts[0])
         if key in pairs:
-            raise ValueError(f"{path}, line {lineno}: id {key} appears twice")
+            raise DataFileError(f"{path}, line {lineno}: id {key} appears twice")
         pairs[key] = parts[1].strip()
     if not pairs:
-        raise ValueError(f"{path} is empty; {CUB_LAYOUTS}")
+        raise DataFileError(f"{path} is empty; {CUB_LAYOUTS}")
     return pairs
 
 
-def _read_ints(path: Path, what: str, allowed: range) -> dict[int, int]:
+def _read_ints(path: Path, what: str, allowed: range, note: str = "") -> dict[int, int]:
+    """``{image id: int}``, each value in ``allowed`` (``note``: where the bounds come from, for the error)."""
     out: dict[int, int] = {}
     for key, value in _read_pairs(path, what).items():
         if not value.isdigit() or int(value) not in allowed:
-            raise ValueError(
+            raise DataFileError(
                 f"{path}: image {key} has {what} {value!r}, expected an integer in {allowed.start}..{allowed.stop - 1}"
+                + (f" ({note})" if note else "")
             )
         out[key] = int(value)
     return out
@@ -155,24 +162,27 @@ class CUB200DataModule(ImageDataModule):
     def _read_official(data_dir: Path) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
         classes = _read_pairs(data_dir / "classes.txt", "class name")
         if sorted(classes) != list(range(1, len(classes) + 1)):
-            raise ValueError(f"{data_dir / 'classes.txt'}: class ids must be 1..{len(classes)}, each once")
+            raise DataFileError(f"{data_dir / 'classes.txt'}: class ids must be 1..{len(classes)}, each once")
         images = _read_pairs(data_dir / "images.txt", "relative image path")
-        labels = _read_ints(data_dir / "image_class_labels.txt", "class id", range(1, len(classes) + 1))
+        labels = _read_ints(data_dir / "image_class_labels.txt", "class id", range(1, len(classes) + 1),
+                            note=f"{data_dir / 'classes.txt'} lists {len(classes)} classes: is it truncated?")
         split = _read_ints(data_dir / "train_test_split.txt", "train flag", range(0, 2))
         for name, ids in (("image_class_labels.txt", labels), ("train_test_split.txt", split)):
             if ids.keys() != images.keys():
                 lacking = sorted(images.keys() - ids.keys())
                 unknown = sorted(ids.keys() - images.keys())
-                raise ValueError(
+                raise DataFileError(
                     f"{data_dir / name} does not list the image ids of images.txt: "
-                    f"{len(lacking)} missing (e.g. {lacking[:3]}), {len(unknown)} unknown (e.g. {unknown[:3]})"
+                    f"{len(lacking)} missing (e.g. {lacking[:3]}), {len(unknown)} unknown (e.g. {unknown[:3]}); "
+                    f"{data_dir / 'images.txt'} lists {len(images)} images, {name} {len(ids)}: one of the two is "
+                    "truncated or from another copy of the data set"
                 )
         image_dir = data_dir / "images"
         train = [(str(image_dir / images[i]), labels[i] - 1) for i in sorted(images) if split[i] == 1]
         test = [(str(image_dir / images[i]), labels[i] - 1) for i in sorted(images) if split[i] == 0]
         for what, samples in (("training", train), ("test", test)):
             if not samples:
-                raise ValueError(f"{data_dir / 'train_test_split.txt'} marks no {what} images")
+                raise DataFileError(f"{data_dir / 'train_test_split.txt'} marks no {what} images")
         return [classes[k] for k in sorted(classes)], train, test
 
     def _samples(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:

@@ -2,6 +2,9 @@
 
 Each yields ``(transform(image), label)`` with an ``int`` label. A training set and its matching set
 (same images, evaluation transform) share one sample list or tensor: :meth:`with_transform` makes the view.
+
+A data file that exists but cannot be read (truncated, corrupt, not in the expected format) raises
+:class:`DataFileError`, whose message names the file.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "IMG_EXTENSIONS",
+    "DataFileError",
     "ImageFileDataset",
     "TensorImageDataset",
     "folder_split_classes",
@@ -28,6 +32,28 @@ __all__ = [
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 Transform = Callable[[Any], Any]
+
+
+class DataFileError(ValueError):
+    """A data set file that exists but cannot be read (truncated, corrupt, or not in the expected format): the
+    message names the file and what is wrong with it, on one line (a ``ValueError``, as before it existed)."""
+
+
+def open_rgb(path: str) -> Image.Image:
+    """The image file at ``path`` as RGB; :class:`DataFileError` naming it when it is truncated or corrupt (PIL's own
+    errors, e.g. ``OSError: image file is truncated (209 bytes not processed)``, do not name the file). A missing
+    file stays a ``FileNotFoundError``."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as error:  # PIL raises SyntaxError for some broken headers
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise DataFileError(
+            f"image {path!r} cannot be read ({type(error).__name__}: {reason}): the file is truncated or corrupt, "
+            "replace it (extract or copy the data set again)"
+        ) from error
 
 
 class ImageFileDataset(Dataset):
@@ -42,8 +68,7 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            image = img.convert("RGB")
+        image = open_rgb(path)
         if self.transform is not None:
             image = self.transform(image)
         return image, int(label)

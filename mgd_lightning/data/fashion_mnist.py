@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .base import ImageDataModule, seeded_subset
-from .datasets import TensorImageDataset
+from .datasets import DataFileError, TensorImageDataset
 from .transforms import FASHION_MNIST_MEAN, FASHION_MNIST_STD, grey_transforms
 
 __all__ = [
@@ -52,23 +53,31 @@ def read_idx(path: str | Path) -> np.ndarray:
     """An IDX file (gzipped when the name ends in ``.gz``) as a numpy array in native byte order.
 
     Format: magic ``0x00 0x00 <type code> <ndim>``, then ``ndim`` big-endian uint32 sizes, then the data,
-    big-endian. ``ValueError`` for a bad magic number or a size that does not match the data.
+    big-endian. :class:`~mgd_lightning.data.datasets.DataFileError` (a ``ValueError``) naming the file for a bad
+    magic number, a size that does not match the data, or a truncated or corrupt gzip file.
     """
     path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    if path.name.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # gzip's messages do not name the file
+            raise DataFileError(
+                f"{path}: truncated or corrupt gzip file ({type(error).__name__}: {error}); download it again"
+            ) from error
+    else:
+        raw = path.read_bytes()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'})")
+        raise DataFileError(f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'})")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise DataFileError(f"{path}: truncated IDX header")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     count = int(np.prod(dims, dtype=np.int64))
     if len(raw) - header != count * dtype.itemsize:
-        raise ValueError(f"{path}: IDX header says {dims} x {dtype.itemsize} bytes, file has {len(raw) - header}")
+        raise DataFileError(f"{path}: IDX header says {dims} x {dtype.itemsize} bytes, file has {len(raw) - header}")
     data = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
     return data.astype(dtype.newbyteorder("="))
 
@@ -107,11 +116,11 @@ def _load_split(directory: Path, prefix: str) -> tuple[torch.Tensor, torch.Tenso
     assert images_path is not None and labels_path is not None
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
+        raise DataFileError(f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
     if labels.shape != (len(images),):
-        raise ValueError(f"{labels_path}: {labels.size} labels for {len(images)} images in {images_path}")
+        raise DataFileError(f"{labels_path}: {labels.size} labels for {len(images)} images in {images_path}")
     if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
-        raise ValueError(f"{labels_path}: labels must be in 0..9, got max {labels.max()}")
+        raise DataFileError(f"{labels_path}: labels must be in 0..9, got max {labels.max()}")
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
