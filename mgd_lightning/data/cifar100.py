@@ -1,13 +1,18 @@
 """CIFAR-100 (100 classes, 50,000 train / 10,000 test 32x32 colour images) from torchvision's on-disk format.
 
 The pickles under ``root/cifar-100-python/`` are read here directly (torchvision's own class also checks
-the files' MD5 sums); ``download=True`` fetches them with torchvision in ``prepare_data``.
+the files' MD5 sums); ``download=True`` fetches them with torchvision in ``prepare_data``
+(``torchvision.datasets.CIFAR100(..., download=True)``: https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz,
+MD5-checked, in a temporary folder that is renamed into place once complete).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ from torch.utils.data import Dataset
 
 from .base import ImageDataModule
 from .datasets import DataFileError, TensorImageDataset
+from .download import OFFLINE_ENV, DownloadError, downloads_disabled
 from .transforms import cifar_transforms
 
 __all__ = ["CIFAR100DataModule", "load_cifar100"]
@@ -121,14 +127,54 @@ class CIFAR100DataModule(ImageDataModule):
         self.save_hyperparameters()
 
     def prepare_data(self) -> None:
-        if self.download:
-            from torchvision.datasets import CIFAR100
+        """With ``download=True`` and the pickles not there: torchvision downloads and MD5-checks the archive and
+        its files into a temporary folder under ``root``, whose ``cifar-100-python/`` is then renamed into place
+        (an interrupted download leaves no half folder). Lightning runs this on (local) rank 0 only."""
+        if not self.download:
+            return
+        try:
+            _cifar_dir(self.root)  # type: ignore[arg-type]
+            return  # already there: no request
+        except FileNotFoundError as error:
+            missing = error
+        from torchvision.datasets import CIFAR100
 
-            for train in (True, False):
-                CIFAR100(str(self.root), train=train, download=True)
+        root = Path(self.root).expanduser()  # type: ignore[arg-type]
+        parent = root.parent if root.name == CIFAR_DIR else root
+        target = parent / CIFAR_DIR
+        if downloads_disabled():
+            raise DownloadError(f"{OFFLINE_ENV}=1: not downloading CIFAR-100 ({CIFAR100.url}) into {target}")
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        elif target.exists():
+            raise FileNotFoundError(
+                f"{missing} download=True does not overwrite the incomplete folder {target}: remove it to download "
+                "again"
+            )
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{CIFAR_DIR}.download-", dir=parent)
+        try:
+            log.info("downloading CIFAR-100 from %s into %s", CIFAR100.url, target)
+            try:
+                CIFAR100(staging, train=False, download=True)  # checks the archive's and every file's MD5
+            except (OSError, RuntimeError) as error:  # URLError, "File not found or corrupted.", ...
+                raise DownloadError(
+                    f"CIFAR-100 download failed: could not download {CIFAR100.url} ({type(error).__name__}: {error}). "
+                    f"Without internet, download it elsewhere and extract it into {parent} (giving {target}/"
+                    "{train,test,meta})"
+                ) from error
+            if not target.exists():  # else: another process finished first
+                os.replace(Path(staging) / CIFAR_DIR, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         assert self.root is not None
+        if self.download:
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):  # outside a Trainer: nobody ran prepare_data
+                self.prepare_data()
         train_x, train_y, self.classes = load_cifar100(self.root, train=True)
         test_x, test_y, _ = load_cifar100(self.root, train=False)
         train_set = TensorImageDataset(train_x, train_y, cifar_transforms(True))

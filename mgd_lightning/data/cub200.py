@@ -10,13 +10,22 @@ from torch.utils.data import Dataset
 
 from .base import ImageDataModule
 from .datasets import DataFileError, ImageFileDataset, folder_split_classes, scan_split
+from .download import DownloadError, download_and_extract
 from .transforms import TRAIN_CROPS, TrainCrop, imagenet_transforms
 
-__all__ = ["CUB200DataModule", "CUB_LAYOUTS", "detect_cub_layout"]
+__all__ = ["CUB200DataModule", "CUB_LAYOUTS", "CUB_MD5", "CUB_URL", "detect_cub_layout"]
 
 log = logging.getLogger(__name__)
 
 OFFICIAL_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
+
+#: the official archive on CaltechDATA (https://data.caltech.edu/records/65de6-vp158; formerly
+#: http://www.vision.caltech.edu/visipedia-data/CUB-200-2011/CUB_200_2011.tgz), 1.1 GB, and its MD5: the values
+#: of the widely used ``Cub2011`` dataset class (github.com/TDeVries/cub2011_dataset, ``tgz_md5``) and of
+#: Avalanche's ``CUB200``. The archive holds ``CUB_200_2011/`` (and ``attributes.txt``).
+CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
+CUB_MD5 = "97eceeb196236b17998738112f37df78"
+CUB_DIR = "CUB_200_2011"
 
 CUB_LAYOUTS = """expected one of these CUB-200 layouts:
   (1) the official CUB_200_2011 archive, at root or at root/CUB_200_2011/:
@@ -106,6 +115,15 @@ class CUB200DataModule(ImageDataModule):
     ``classes`` holds the names. A missing or malformed layout raises ``FileNotFoundError`` / ``ValueError``
     at construction, naming the expected layouts and what is missing.
 
+    ``download=True``: when no layout is found, ``prepare_data`` (run by Lightning on (local) rank 0 only; the
+    other ranks wait at the barrier before ``setup``) downloads the official archive ``url`` into ``root`` with a
+    progress bar, checks its ``md5`` and extracts ``root/CUB_200_2011/`` atomically
+    (:func:`~mgd_lightning.data.download.download_and_extract`: a failed, interrupted or corrupt download leaves
+    no tree behind; a wrong checksum is an error naming both sums and the URL). Nothing is fetched when the
+    data is there. Then ``num_classes`` is 200 until ``setup`` reads ``classes.txt``. Outside a Trainer,
+    ``setup()`` downloads itself (unless ``torch.distributed`` is initialised). ``MGD_LIGHTNING_OFFLINE=1``
+    refuses the download.
+
     Args:
         root: the data set folder (see above).
         batch_size, num_workers, pin_memory: of the loaders (:class:`~mgd_lightning.data.base.ImageDataModule`).
@@ -118,6 +136,9 @@ class CUB200DataModule(ImageDataModule):
             ``Resize(resize_size)`` + ``RandomCrop(image_size)`` + flip, the paper's text ("randomly crop 224
             from 256"). Evaluation and the matching pass use ``Resize(resize_size)`` + ``CenterCrop(image_size)``
             either way.
+        download: fetch the official archive when no layout is found under ``root`` (see above).
+        url: the archive (default :data:`CUB_URL`, CaltechDATA), e.g. a local mirror.
+        md5: its MD5 (default :data:`CUB_MD5`); ``None`` skips the check (for a mirror of another file).
 
     Example, in a LightningCLI config:
 
@@ -137,6 +158,9 @@ class CUB200DataModule(ImageDataModule):
         image_size: int = 224,
         resize_size: int = 256,
         train_crop: TrainCrop = "random_resized",
+        download: bool = False,
+        url: str = CUB_URL,
+        md5: str | None = CUB_MD5,
     ) -> None:
         super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if resize_size < image_size:
@@ -146,17 +170,62 @@ class CUB200DataModule(ImageDataModule):
         self.image_size = image_size
         self.resize_size = resize_size
         self.train_crop = train_crop
-        self.layout, self.data_dir = detect_cub_layout(root)
+        self.download = download
+        self.url = url
+        self.md5 = md5
+        self.input_size = (3, image_size, image_size)
         self._official: tuple[list[tuple[str, int]], list[tuple[str, int]]] | None = None
+        self.layout: str | None = None
+        self.data_dir: Path | None = None
+        self.classes: list[str] | None = None
+        self.num_classes = 200  # until the layout is read (download=True with the data not there yet)
+        if not download or self._present():
+            self._resolve()
+        self.save_hyperparameters()
+
+    def _present(self) -> bool:
+        try:
+            detect_cub_layout(self.root)  # type: ignore[arg-type]
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _resolve(self) -> None:
+        """Detect and read the layout under ``root`` (at construction, or after the download)."""
+        self.layout, self.data_dir = detect_cub_layout(self.root)  # type: ignore[arg-type]
         if self.layout == "official":
             self.classes, train, test = self._read_official(self.data_dir)
             self._official = (train, test)
         else:
             self.classes = folder_split_classes(self.data_dir / "train", self.data_dir / "valid", CUB_LAYOUTS)
         self.num_classes = len(self.classes)
-        self.input_size = (3, image_size, image_size)
         log.info("CUB-200: %s layout at %s, %d classes", self.layout, self.data_dir, self.num_classes)
-        self.save_hyperparameters()
+
+    def prepare_data(self) -> None:
+        """With ``download=True``: download, verify and extract the archive unless a layout is already there."""
+        if not self.download or self._present():
+            return
+        root = Path(self.root).expanduser()  # type: ignore[arg-type]
+        # root may name the data set folder itself (/data/CUB_200_2011): extract beside it
+        parent = root.parent if root.name == CUB_DIR else root
+        target = parent / CUB_DIR
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            try:
+                detect_cub_layout(root)
+            except FileNotFoundError as error:
+                raise FileNotFoundError(
+                    f"download=True does not overwrite {target}, which is not a complete data set: remove it to "
+                    f"download the archive again. {error}"
+                ) from None
+        if target.is_dir():
+            target.rmdir()  # an empty folder made by hand: the extracted one takes its place
+        try:
+            download_and_extract(self.url, parent, CUB_DIR, md5=self.md5)
+        except DownloadError as error:
+            raise type(error)(  # DownloadError or ChecksumError
+                f"CUB-200 download failed: {error}. Without internet, download {self.url} elsewhere and extract "
+                f"it into {parent} (giving {target}/images/...); {CUB_LAYOUTS}"
+            ) from error
 
     @staticmethod
     def _read_official(data_dir: Path) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
@@ -199,6 +268,12 @@ class CUB200DataModule(ImageDataModule):
         return scan_split(train_dir, self.classes, CUB_LAYOUTS), scan_split(valid_dir, self.classes, CUB_LAYOUTS)
 
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        if self.layout is None:  # download=True and the data was not there at construction
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):  # outside a Trainer: nobody ran prepare_data
+                self.prepare_data()
+            self._resolve()
         train, test = self._samples()
         train_tf = imagenet_transforms(True, self.image_size, self.resize_size, self.train_crop)
         eval_tf = imagenet_transforms(False, self.image_size, self.resize_size)

@@ -12,7 +12,7 @@ from .base import ImageDataModule
 from .datasets import IMG_EXTENSIONS, ImageFileDataset, folder_split_classes, list_class_dirs, scan_split
 from .transforms import TRAIN_CROPS, TrainCrop, imagenet_transforms
 
-__all__ = ["IMAGENET_LAYOUT", "ImageNetDataModule"]
+__all__ = ["IMAGENET_DOWNLOAD", "IMAGENET_LAYOUT", "ImageNetDataModule"]
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +20,22 @@ IMAGENET_LAYOUT = """expected the ImageNet image-folder layout:
         train/<wnid>/*.JPEG   (e.g. train/n01440764/n01440764_10026.JPEG)
         val/<wnid>/*.JPEG     (the validation images sorted into the same class folders)"""
 
+#: ImageNet is never downloaded by the package (its terms of access need an account): where to get it.
+IMAGENET_DOWNLOAD = (
+    "ImageNet is not downloaded automatically (its terms of access require an account): download "
+    "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org/download-images.php, extract "
+    "the training archive's per-class tars into train/<wnid>/, and sort the validation images into val/<wnid>/ "
+    "(e.g. with the usual valprep.sh script)"
+)
+
 
 class ImageNetDataModule(ImageDataModule):
     """ImageNet with the reference code's transforms (``RandomResizedCrop(224)`` + flip; evaluation: centre crop).
 
     ``root`` holds ``train/<wnid>/`` and ``val/<wnid>/`` (the validation set sorted into class folders, as
     the usual ``valprep.sh`` does). ``num_classes`` is the number of ``train/`` class folders (1000 for the
-    real set); ``classes`` holds the wnids. A missing folder raises ``FileNotFoundError`` at construction.
+    real set); ``classes`` holds the wnids. A missing folder raises ``FileNotFoundError`` at construction,
+    which says where to get the data (image-net.org; no automatic download, licence) and the layout to make.
 
     Args:
         root: the folder holding ``train/`` and ``val/``.
@@ -70,10 +79,14 @@ class ImageNetDataModule(ImageDataModule):
         self.train_crop = train_crop
         self.data_dir = Path(root).expanduser()
         if not self.data_dir.is_dir():
-            raise FileNotFoundError(f"ImageNet root {self.data_dir} does not exist; {IMAGENET_LAYOUT}")
+            raise FileNotFoundError(
+                f"ImageNet root {self.data_dir} does not exist; {IMAGENET_LAYOUT}\n{IMAGENET_DOWNLOAD}"
+            )
         missing = [f"{name}/" for name in ("train", "val") if not (self.data_dir / name).is_dir()]
         if missing:
-            raise FileNotFoundError(f"ImageNet root {self.data_dir} lacks {', '.join(missing)}; {IMAGENET_LAYOUT}")
+            raise FileNotFoundError(
+                f"ImageNet root {self.data_dir} lacks {', '.join(missing)}; {IMAGENET_LAYOUT}\n{IMAGENET_DOWNLOAD}"
+            )
         val_dir = self.data_dir / "val"
         if not list_class_dirs(val_dir) and any(n.lower().endswith(IMG_EXTENSIONS) for n in os.listdir(val_dir)):
             raise ValueError(

@@ -26,8 +26,10 @@ Names (:func:`available_models`):
 * the package's own architectures (``mobilenet_v1``, ``wrn_28_4``, ``resnet56``, ...), without
   published weights.
 
-No download happens at run time: torchvision weights must already be in the torch hub cache
-(``torch.hub.get_dir()/checkpoints``); a missing file is an error that says which file and where.
+torchvision weights are read from the torch hub cache (``torch.hub.get_dir()/checkpoints``); a missing file is
+downloaded there by torchvision (:func:`~mgd_lightning.models.weights.ensure_weights`), unless
+``MGD_LIGHTNING_OFFLINE=1`` or ``download=False``; then, or when the download fails, the error says which
+file, its URL and where to put it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from .shufflenetv2_mgd import (
     shufflenet_v2_x1_5_mgd,
     shufflenet_v2_x2_0_mgd,
 )
+from .weights import ensure_weights
 from .wideresnet import wide_resnet, wrn_16_2, wrn_16_4, wrn_28_2, wrn_28_4
 
 __all__ = ["PACKAGE_MODELS", "TORCHVISION_VARIANTS", "build_model", "available_models", "weights_enum", "weights_path"]
@@ -140,6 +143,7 @@ def build_model(
     checkpoint: str | None = None,
     checkpoint_prefix: str = "model.",
     arch_args: dict | None = None,
+    download: bool | None = None,
 ) -> nn.Module:
     """Build a network by name, optionally with pre-trained weights or an earlier run's checkpoint.
 
@@ -152,13 +156,15 @@ def build_model(
             classifier head is replaced by a fresh ``nn.Linear`` (fine-tuning).
         weights: a torchvision weight name for this model, e.g. ``"IMAGENET1K_V1"`` or ``"DEFAULT"``
             (for a reference-code student: a weight of its base network, loaded unchanged); the file must
-            be in the torch hub cache (no download here).
+            be in the torch hub cache or is downloaded there (see ``download``).
         checkpoint: a ``state_dict`` file, or a Lightning checkpoint whose keys under
             ``checkpoint_prefix`` are loaded (e.g. the fine-tuned teacher of an earlier run).
         checkpoint_prefix: key prefix inside a Lightning checkpoint (``"model."``: the trained network
             of a ClassificationModule or the student of a DistillationModule; ``"teacher."``).
         arch_args: extra keyword arguments of the builder, e.g. ``{depth: 20, width: 2}`` for
             ``cifar_resnet`` or ``{width_mult: 0.5}`` for ``mobilenet_v2``.
+        download: ``weights`` missing from the hub cache: ``None`` / ``True`` download them with torchvision
+            unless ``MGD_LIGHTNING_OFFLINE=1``; ``False`` never downloads (the error names the file and URL).
 
     Returns:
         The ``nn.Module``.
@@ -188,13 +194,7 @@ def build_model(
             valid = ", ".join(w.name for w in enum) + ", DEFAULT"
             of = name if base == name else f"{name} (torchvision's {base} weights)"
             raise ValueError(f"weights={weights!r} is not a weight of {of}; valid: {valid}") from None
-        target = weights_path(weight.url)
-        if not target.is_file():
-            raise FileNotFoundError(
-                f"weights {base}/{weight.name} are not available offline: expected the file {target} "
-                f"(torch hub cache). Download {weight.url} on a machine with internet and copy it there, "
-                "or set TORCH_HOME to a directory whose hub/checkpoints/ holds it."
-            )
+        ensure_weights(weight, base, download)  # hub cache, else torchvision's download; one-line error
         model = builder(weights=weight, **(arch_args or {}))
         _replace_head(model, num_classes)
     if checkpoint is not None:
