@@ -3,6 +3,7 @@
     mgd-lightning fit --config configs/cub200/mgd_amp_mobilenet_v2.yaml --data.init_args.root /data/CUB_200_2011
     mgd-lightning predict --config configs/digits/mgd_amp.yaml --ckpt_path runs/digits/mgd_amp/checkpoints/best.ckpt
     mgd-lightning export --ckpt_path runs/digits/mgd_amp/checkpoints/best.ckpt --output student.pt
+    mgd-lightning taps resnet50 --student efficientnet_b0 [--input-size 3 224 224]
     mgd-lightning demo
     mgd-lightning study [--setting cpu|gpu]
 
@@ -253,6 +254,11 @@ def main(args: Sequence[str] | None = None) -> None:
         from mgd_lightning.export import main as export_main
 
         export_main(argv[1:])
+        return
+    if argv and argv[0] == "taps":
+        from mgd_lightning.taps_command import main as taps_main
+
+        taps_main(argv[1:])
         return
     try:
         run_cli(args)

@@ -226,11 +226,12 @@ def test_resolve_taps_rejects_root_empty_and_unknown(taps):
         resolve_taps(_build("resnet18"), taps)
 
 
-def test_resolve_taps_unknown_architecture_needs_names():
+def test_resolve_taps_unknown_architecture_is_tapped_automatically_or_needs_names():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     assert preset_taps(model) is None
-    with pytest.raises(ValueError, match="teacher_taps"):
-        resolve_taps(model, None, role="teacher")
+    assert resolve_taps(model, None, role="teacher") == [Tap("1", "input", ("1",))]  # the pre-ReLU tensor
+    with pytest.raises(ValueError, match="teacher_taps"):  # no spatial stage at all
+        resolve_taps(nn.Sequential(nn.Flatten(), nn.Linear(3 * 224 * 224, 2)), None, role="teacher")
     assert resolve_taps(model, "0") == [Tap("0", "output", ("1",))]
 
 

@@ -45,9 +45,10 @@ from mgd_lightning.losses import kd_loss, margin_from_bn, partial_l2
 from mgd_lightning.matching import balanced_assignment, contiguous_groups, sparse_assignment
 from mgd_lightning.reduction import MARGIN_REDUCTIONS, METHODS, reduce_teacher_and_margin
 
+from .auto_taps import pair_by_size
 from .classifier import ClassificationModule, split_batch
 from .rng import get_rng_states, set_rng_states
-from .taps import FeatureTaps, Tap, batchnorm_before_taps, resolve_taps
+from .taps import FeatureTaps, Tap, batchnorm_before_taps, preset_taps, resolve_taps
 
 __all__ = ["DistillationModule", "NonFiniteLossError", "TeacherMismatchError"]
 
@@ -95,9 +96,11 @@ class DistillationModule(ClassificationModule):
         matching: ``True`` to learn the matching (MGD); ``False`` for the "without matching"
             ablation (contiguous groups of ``alpha`` teacher channels, never updated).
         teacher_taps, student_taps: module names (or ``"name:input"``) to tap; ``None`` picks the
-            preset of the architecture (:mod:`mgd_lightning.distill.taps`). With presets on both
-            sides and unequal counts, the earliest taps of the longer list are dropped (the paper
-            skips the first stage of MobileNet-V2 / ShuffleNet-V2).
+            preset of the architecture (:mod:`mgd_lightning.distill.taps`), else automatic taps, one per
+            stage (:mod:`mgd_lightning.distill.auto_taps`). With presets on both sides and unequal counts,
+            the earliest taps of the longer list are dropped (the paper skips the first stage of
+            MobileNet-V2 / ShuffleNet-V2); with automatic taps on either side, the taps of the spatial sizes
+            found on both sides are paired.
         input_size: (C, H, W) used to probe tap shapes at construction; default from the models'
             ``default_input_size`` or (3, 224, 224).
         distill_weight: gamma of Eq. 2.
@@ -177,9 +180,16 @@ class DistillationModule(ClassificationModule):
         else:
             self.assignment = "sparse" if reducer == "sm" else "balanced"
 
-        t_taps = resolve_taps(teacher, teacher_taps, "teacher")
-        s_taps = resolve_taps(student, student_taps, "student")
-        if teacher_taps is None and student_taps is None and len(t_taps) != len(s_taps):
+        size = tuple(int(v) for v in input_size) if input_size is not None else _default_input_size(student, teacher)
+        if len(size) != 3:
+            raise ValueError(f"input_size must be (C, H, W), e.g. (3, 32, 32); got {size}")
+        t_taps = resolve_taps(teacher, teacher_taps, "teacher", size)
+        s_taps = resolve_taps(student, student_taps, "student", size)
+        sides = ((teacher, teacher_taps), (student, student_taps))
+        if any(taps is None and preset_taps(m) is None for m, taps in sides):
+            # automatic taps (one per stage) on either side: the stages of equal spatial size are paired
+            t_taps, s_taps = pair_by_size(teacher, t_taps, student, s_taps, size)
+        elif teacher_taps is None and student_taps is None and len(t_taps) != len(s_taps):
             n = min(len(t_taps), len(s_taps))
             t_taps, s_taps = t_taps[len(t_taps) - n :], s_taps[len(s_taps) - n :]
         if len(t_taps) != len(s_taps):
@@ -191,9 +201,6 @@ class DistillationModule(ClassificationModule):
         self.student_taps = FeatureTaps(student, s_taps)
         self.num_taps = len(t_taps)
 
-        size = tuple(int(v) for v in input_size) if input_size is not None else _default_input_size(student, teacher)
-        if len(size) != 3:
-            raise ValueError(f"input_size must be (C, H, W), e.g. (3, 32, 32); got {size}")
         example = torch.zeros(1, *size, device=next(teacher.parameters()).device)
         try:
             t_shapes, s_shapes = self._probe(example)

@@ -43,6 +43,9 @@ package models              output of the ``nn.Identity`` modules listed    decl
 CIFAR ResNet)
 ==========================  ==============================================  ===============================
 
+Any other CNN gets automatic taps, the last pre-activation tensor of each resolution stage, found by
+tracing a probe forward (:func:`mgd_lightning.distill.auto_taps.auto_taps`, used by :func:`resolve_taps`).
+
 With ResNet-50's four taps and the three declared taps of a reference-code student,
 :class:`~mgd_lightning.DistillationModule` drops the teacher's earliest tap (``layer1``): the pairs are
 ``layer2/3/4`` against the student's three, as the reference code's ``ignore_inds=[0]``.
@@ -140,20 +143,28 @@ def preset_taps(model: nn.Module) -> list[Tap] | None:
     return None
 
 
-def resolve_taps(model: nn.Module, taps: Sequence[str | Tap] | None, role: str = "model") -> list[Tap]:
+def resolve_taps(
+    model: nn.Module, taps: Sequence[str | Tap] | None, role: str = "model", input_size: Sequence[int] | None = None
+) -> list[Tap]:
     """Turn user taps (names, ``"name:input"`` strings or :class:`Tap`) or ``None`` into checked taps.
 
-    ``None`` picks the preset (:func:`preset_taps`). Raises ``ValueError`` for an unknown
-    architecture without taps, or a name that is not a submodule (listing the valid names).
+    ``None`` picks the preset (:func:`preset_taps`), else the automatic taps traced at ``input_size``
+    (default (3, 224, 224)): the last pre-activation tensor of each stage
+    (:func:`~mgd_lightning.distill.auto_taps.auto_taps`). Raises ``ValueError`` for a model without
+    spatial stages (a ViT) and no taps, or a name that is not a submodule (listing the valid names).
     """
     if taps is None:
         preset = preset_taps(model)
         if preset is None:
-            raise ValueError(
-                f"no preset distillation taps for {role} {type(model).__name__}; pass {role}_taps=[...] "
-                "with module names from model.named_modules() (a name, or 'name:input' for the input of "
-                "the module's last call)"
-            )
+            from .auto_taps import auto_taps
+
+            try:
+                return auto_taps(model, input_size or (3, 224, 224))
+            except ValueError as err:
+                raise ValueError(
+                    f"no preset distillation taps for {role} {type(model).__name__}, and {err}"
+                    + (f" (here: {role}_taps)" if role in ("teacher", "student") else "")
+                ) from err
         return preset
     if isinstance(taps, (str, Tap)):
         taps = [taps]

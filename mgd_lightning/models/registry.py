@@ -136,6 +136,30 @@ def _load_checkpoint(model: nn.Module, checkpoint: str, prefix: str) -> None:
     model.load_state_dict(state)
 
 
+def _build_timm(name: str, num_classes: int, weights: str | None, arch_args: dict | None) -> nn.Module:
+    """A timm model (the optional extra ``timm``); ``weights``: a local weight file of it (no download)."""
+    try:
+        import timm
+    except ImportError:
+        raise ImportError(
+            f"name='timm/{name}' needs timm, which is not installed: pip install 'mgd-lightning[timm]' "
+            "(or pip install timm)"
+        ) from None
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:10]
+        similar = f"; similar: {', '.join(close)}" if close else ""
+        raise ValueError(f"name='timm/{name}' is not a timm model{similar}")
+    kwargs = dict(arch_args or {})
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(
+                f"weights={weights!r} for timm/{name}: give the path of a local weight file of this model "
+                "(no download here)"
+            )
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+    return timm.create_model(name, num_classes=num_classes, **kwargs)
+
+
 def build_model(
     name: str,
     num_classes: int = 1000,
@@ -150,8 +174,9 @@ def build_model(
     Args:
         name: a torchvision model name (``resnet50``, ``mobilenet_v2``, ``shufflenet_v2_x1_0``, ...: the
             standard networks), a reference-code student (``mobilenet_v2_mgd``, ``shufflenet_v2_x1_0_mgd``,
-            ...: :data:`TORCHVISION_VARIANTS`) or a package model (``mobilenet_v1``, ``wrn_28_4``,
-            ``wrn_16_2``, ``resnet56``, ...).
+            ...: :data:`TORCHVISION_VARIANTS`), a package model (``mobilenet_v1``, ``wrn_28_4``,
+            ``wrn_16_2``, ``resnet56``, ...) or ``timm/<name>``, a timm model (optional extra:
+            ``pip install 'mgd-lightning[timm]'``; ``weights``: the path of a local weight file of it).
         num_classes: output classes. With ``weights`` trained on another number of classes, the
             classifier head is replaced by a fresh ``nn.Linear`` (fine-tuning).
         weights: a torchvision weight name for this model, e.g. ``"IMAGENET1K_V1"`` or ``"DEFAULT"``
@@ -171,6 +196,11 @@ def build_model(
     """
     if weights in ("", "None", "none", "null"):  # command-line spellings of "no weights"
         weights = None
+    if name.startswith("timm/"):
+        model = _build_timm(name[len("timm/"):], num_classes, weights, arch_args)
+        if checkpoint is not None:
+            _load_checkpoint(model, checkpoint, checkpoint_prefix)
+        return model
     if name in PACKAGE_MODELS:
         builder = PACKAGE_MODELS[name]
         if weights is not None and name not in TORCHVISION_VARIANTS:

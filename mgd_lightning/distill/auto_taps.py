@@ -1,0 +1,333 @@
+"""Automatic distillation taps for a CNN without a preset: the last pre-activation tensor of each stage.
+
+:func:`auto_taps` traces one probe forward of the model at its input size (forward hooks on every
+submodule, in eval mode, activations temporarily not inplace) and applies this rule:
+
+1. **Stages** are the spatial sizes of the ``Conv2d`` outputs, in the order they first appear (the runs
+   of equal spatial size). A ViT's patch embedding is its only convolution, and its 14 x 14 output is
+   flattened into tokens, neither reduced nor activated: a ViT has no stage (:class:`ValueError`: pass
+   ``teacher_taps`` / ``student_taps``).
+   A convolution that keeps its input's size, with a larger size after it, is a squeeze-and-excitation
+   gate (1 x 1) inside a stage: not a stage. A stage is entered by a strided convolution or a (not
+   adaptive) pooling, or has the input's size (VGG): a 1 x 1 convolution after the global pool (timm's
+   MobileNet-V3 head) is not a stage.
+2. **Stage output** ``X``: the input of the first module call (in call order, a container before its
+   children) that takes an NCHW tensor of the stage's size, other than the model input, and returns the
+   next stage's size (after the last stage: a smaller one), with nothing of the stage's size computed after
+   it: the next stage, a pooling layer, the classifier's global pool (not a squeeze-and-excitation pool
+   inside the stage, nor a container of all stages). When the network pools
+   functionally (DenseNet's ``F.adaptive_avg_pool2d``, MNASNet's ``x.mean``), ``X`` is the output of the last
+   module returning the stage's size, and only rules a-c below apply (so a ViT's patch embedding, which
+   no module reduces and no activation follows, is no stage).
+3. **Its pre-activation**, the tapped tensor, in this order of preference:
+
+   a. ``X`` is the output of an activation module (ReLU, ReLU6, SiLU, GELU, Hardswish, ...): the input of
+      that call. For a ResNet-like block whose last op is a residual add without a module, this is the sum
+      before the block's last ReLU: ``Tap("layerK.N.relu", "input")``, the ResNet preset's tensor.
+   b. ``X`` is normalised then activated (a pre-activation BN, DenseNet's transitions): the input of that
+      activation.
+   c. Otherwise (linear bottlenecks: MobileNet-V3, EfficientNet, MNASNet) the last activation input of the
+      stage's size computed before ``X``: the expanded depthwise-BN output of the stage's last unit (the
+      MobileNet-V2 preset's tensor, paper Fig. 3b).
+   d. Otherwise (no activation module at the stage's size: ConvNeXt, whose GELU runs channels-last, or
+      GoogLeNet's functional ReLUs) ``X`` itself, the stage output.
+
+   A candidate is kept only if a hook can take exactly it (the module call is the module's last call in
+   the forward) and nothing modifies it in place later (e.g. a functional ``F.relu(x, inplace=True)``);
+   the activation modules that would overwrite it are listed in ``Tap.non_inplace``.
+
+The taps come highest resolution first, one per stage, the stem's too (the ResNet presets skip it: there
+``auto_taps(model)[1:]`` equals the preset). :class:`~mgd_lightning.DistillationModule` pairs a teacher and a
+student of which one side is automatic by spatial size: stages whose size exists on one side only are
+dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .taps import Tap
+
+__all__ = ["auto_taps", "pair_by_size", "tap_shapes", "ACTIVATIONS"]
+
+#: activation modules (classes); timm's and other libraries' own classes are recognised by class name
+ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU,
+    nn.PReLU, nn.RReLU, nn.Hardtanh, nn.Tanh, nn.Softplus,
+)
+_ACTIVATION_NAMES = {c.__name__.lower() for c in ACTIVATIONS} | {
+    "swish", "hardswishme", "swishme", "mishme", "gelutanh", "quickgelu", "hardmish", "hardswish", "starrelu",
+}
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def _is_activation(module: nn.Module) -> bool:
+    return isinstance(module, ACTIVATIONS) or type(module).__name__.lower() in _ACTIVATION_NAMES
+
+
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    start: int
+    end: int = -1
+    inp: torch.Tensor | None = None
+    out: torch.Tensor | None = None
+    inp_version: int = 0
+    out_version: int = 0
+    leaf: bool = True
+    consumers: list[int] = field(default_factory=list)
+
+
+def _spatial(t: torch.Tensor | None) -> tuple[int, ...] | None:
+    return tuple(t.shape[2:]) if isinstance(t, torch.Tensor) and t.dim() == 4 else None
+
+
+def _smaller(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return a != b and all(x <= y for x, y in zip(a, b))
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> list[_Call]:
+    calls: list[_Call] = []
+    open_calls: dict[int, list[int]] = {}
+    clock = [0]
+    handles = []
+
+    def pre(name, module, args):
+        clock[0] += 1
+        call = _Call(name, module, clock[0], leaf=not any(True for _ in module.children()))
+        if args and isinstance(args[0], torch.Tensor):
+            call.inp, call.inp_version = args[0], args[0]._version
+        open_calls.setdefault(id(module), []).append(len(calls))
+        calls.append(call)
+
+    def post(name, module, args, output):
+        clock[0] += 1
+        call = calls[open_calls[id(module)].pop()]
+        call.end = clock[0]
+        if isinstance(output, torch.Tensor):
+            call.out, call.out_version = output, output._version
+
+    for name, module in model.named_modules():
+        if module is model:
+            continue
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: pre(n, m, a)))
+        handles.append(module.register_forward_hook(lambda m, a, o, n=name: post(n, m, a, o)))
+    inplace = {m: m.inplace for m in model.modules() if isinstance(getattr(m, "inplace", None), bool)}
+    training = {m: m.training for m in model.modules()}
+    try:
+        for m in inplace:
+            m.inplace = False
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in inplace.items():
+            m.inplace = flag
+        for m, flag in training.items():
+            m.training = flag
+    return calls
+
+
+def _stage_taps(calls: list[_Call], example: torch.Tensor) -> list[tuple[Tap, tuple[int, ...]]]:
+    last_call: dict[str, int] = {}
+    for i, c in enumerate(calls):
+        last_call[c.name] = i
+    by_input: dict[int, list[int]] = {}
+    by_output: dict[int, list[int]] = {}
+    for i, c in enumerate(calls):
+        if c.inp is not None:
+            by_input.setdefault(id(c.inp), []).append(i)
+        if c.out is not None:
+            by_output.setdefault(id(c.out), []).append(i)
+
+    def unmodified(t: torch.Tensor, version: int) -> bool:
+        return t._version == version  # nothing changed it in place after this point (checked after the forward)
+
+    def inplace_consumers(t: torch.Tensor) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(
+            calls[j].name for j in by_input.get(id(t), ()) if hasattr(calls[j].module, "inplace")))
+
+    def act_input_tap(i: int) -> Tap | None:
+        """The input of activation call ``i`` as a tap: the activation's input, or its producer's output."""
+        c = calls[i]
+        if c.inp is None or not unmodified(c.inp, c.inp_version):
+            return None
+        keep = inplace_consumers(c.inp) or (c.name,)
+        if last_call[c.name] == i:
+            return Tap(c.name, "input", keep)
+        for j in reversed(by_output.get(id(c.inp), ())):
+            p = calls[j]
+            if last_call[p.name] == j and p.out_version == c.inp_version:
+                return Tap(p.name, "output", keep)
+        return None
+
+    def output_tap(t: torch.Tensor, version: int) -> Tap | None:
+        if not unmodified(t, version):
+            return None
+        for j in sorted(by_output.get(id(t), ()), key=lambda j: calls[j].end, reverse=True):
+            p = calls[j]
+            if last_call[p.name] == j and p.out_version == version:
+                return Tap(p.name, "output", inplace_consumers(t))
+        return None
+
+    convs = [(i, _spatial(c.inp), _spatial(c.out)) for i, c in enumerate(calls)
+             if isinstance(c.module, nn.Conv2d) and _spatial(c.out) is not None]
+    # a convolution that keeps a size that a larger one follows is a squeeze-and-excitation gate (1 x 1)
+    # inside a stage, not a stage
+    conv_sizes: list[tuple[int, ...]] = []
+    for i, s_in, s in convs:
+        gate = s_in == s and any(j > i and _smaller(s, other) for j, _, other in convs)
+        if not gate and s not in conv_sizes:
+            conv_sizes.append(s)
+    pools = [c for c in calls if _spatial(c.out) is not None and "pool" in type(c.module).__name__.lower()]
+    # a stage is reached by a strided convolution or a (not adaptive) pooling, or is the input's size (VGG);
+    # a 1 x 1 convolution after the global pool (timm's MobileNet-V3 head) is no stage
+    entered = {s for _, s_in, s in convs if s_in is not None and _smaller(s, s_in)} | {_spatial(example)} | {
+        _spatial(c.out) for c in pools if "adaptive" not in type(c.module).__name__.lower()}
+    conv_sizes = [s for s in conv_sizes if s in entered]
+    reduced = set(conv_sizes) | {_spatial(c.out) for c in pools}
+    found: list[tuple[Tap, tuple[int, ...]]] = []
+    for k, s in enumerate(conv_sizes):
+        # the next stage's size (any smaller size after the last stage)
+        following = {conv_sizes[k + 1]} if k + 1 < len(conv_sizes) else reduced
+        # 2. the stage output X (tensor and its version at that point)
+        x = x_version = None
+        for c in calls:
+            if (c.inp is not None and c.inp is not example and _spatial(c.inp) == s
+                    and _spatial(c.out) in following and _smaller(_spatial(c.out), s)
+                    and not any(d.start > c.end and _spatial(d.out) == s for d in calls)):
+                x, x_version, x_time = c.inp, c.inp_version, c.start
+                break
+        fallback = x is None
+        if fallback:
+            last = max((c for c in calls if _spatial(c.out) == s), key=lambda c: c.end)
+            x, x_version, x_time = last.out, last.out_version, last.end
+        produced = [j for j in by_output.get(id(x), ()) if calls[j].out_version == x_version]
+        produced_at = min((calls[j].end for j in produced), default=x_time)
+        tap = None
+        # a. X is an activation's output
+        for j in produced:
+            if _is_activation(calls[j].module) and calls[j].leaf:
+                tap = act_input_tap(j)
+                if tap is not None:
+                    break
+        # b. X normalised, then activated
+        if tap is None:
+            for j in by_input.get(id(x), ()):
+                n = calls[j]
+                if isinstance(n.module, _NORMS) and n.out is not None:
+                    acts = [k for k in by_input.get(id(n.out), ()) if _is_activation(calls[k].module)]
+                    if acts:
+                        tap = act_input_tap(acts[0])
+                        if tap is not None:
+                            break
+        # c. the last activation input of this size computed before X
+        if tap is None:
+            for j in range(len(calls) - 1, -1, -1):
+                c = calls[j]
+                if c.start < produced_at and _is_activation(c.module) and c.leaf and _spatial(c.inp) == s:
+                    tap = act_input_tap(j)
+                    if tap is not None:
+                        break
+        # d. X itself (not for a functional ending: a ViT's patch embedding is no stage)
+        if tap is None and not fallback:
+            tap = output_tap(x, x_version)
+        if tap is not None and all(tap.module != t.module or tap.kind != t.kind for t, _ in found):
+            found.append((tap, s))
+    return found
+
+
+def auto_taps(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> list[Tap]:
+    """The last pre-activation tensor of each resolution stage of ``model``, found by tracing one forward.
+
+    Args:
+        model: a CNN (torchvision, timm or own); it is left as it was (mode, inplace flags, no hooks).
+        input_size: (C, H, W) of the probe input, the model's training input size.
+
+    Returns:
+        One :class:`Tap` per stage, highest resolution first (rule: the module docstring).
+
+    Raises:
+        ValueError: the model has no spatial stages (a ViT), or cannot run the probe input.
+    """
+    size = tuple(int(v) for v in input_size)
+    if len(size) != 3:
+        raise ValueError(f"input_size must be (C, H, W), e.g. (3, 224, 224); got {size}")
+    param = next(model.parameters(), None)
+    example = torch.zeros(1, *size, device=param.device if param is not None else "cpu")
+    try:
+        calls = _trace(model, example)
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as err:
+        raise ValueError(
+            f"automatic taps for {type(model).__name__}: the model cannot run a (1, {', '.join(map(str, size))}) "
+            f"probe input ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
+            "give the training input size (input_size=(C, H, W))"
+        ) from err
+    taps = [tap for tap, _ in _stage_taps(calls, example)]
+    if not taps:
+        raise ValueError(
+            f"automatic taps for {type(model).__name__}: no spatial stages found (no convolution output of "
+            "NCHW feature maps that the network goes on to reduce; a vision transformer has none): pass "
+            "teacher_taps=[...] / student_taps=[...] with module names from model.named_modules() (a name, or "
+            "'name:input' for the input of the module's last call)"
+        )
+    return taps
+
+
+def tap_shapes(model: nn.Module, taps: Sequence[Tap], input_size: Sequence[int]) -> list[tuple[int, ...]]:
+    """The shape (1, C, H, W) of each tapped tensor for one probe input of ``input_size`` (eval mode)."""
+    from .taps import FeatureTaps
+
+    param = next(model.parameters(), None)
+    example = torch.zeros(1, *input_size, device=param.device if param is not None else "cpu")
+    inplace = {m: m.inplace for m in model.modules() if isinstance(getattr(m, "inplace", None), bool)}
+    training = {m: m.training for m in model.modules()}
+    feature_taps = FeatureTaps(model, taps)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+        return [tuple(f.shape) for f in feature_taps.features]
+    finally:
+        feature_taps.remove()
+        for m, flag in inplace.items():
+            m.inplace = flag
+        for m, flag in training.items():
+            m.training = flag
+
+
+def pair_by_size(
+    teacher: nn.Module, teacher_taps: Sequence[Tap], student: nn.Module, student_taps: Sequence[Tap],
+    input_size: Sequence[int],
+) -> tuple[list[Tap], list[Tap]]:
+    """Teacher and student taps paired by spatial size at ``input_size``: the sizes found on both sides, in
+    the teacher's order (for a size tapped twice on one side, its last tap). Raises ``ValueError`` when the
+    two sides share no size."""
+    shapes = []
+    for role, model, taps in (("teacher", teacher, teacher_taps), ("student", student, student_taps)):
+        try:
+            shapes.append([s[2:] for s in tap_shapes(model, taps, input_size)])
+        except (RuntimeError, TypeError, IndexError, AssertionError) as err:
+            raise ValueError(
+                f"{role} {type(model).__name__} cannot run a (1, {', '.join(map(str, input_size))}) probe input "
+                f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
+                "input_size must be the (C, H, W) of the training images"
+            ) from err
+    t_by_size = {s: t for t, s in zip(teacher_taps, shapes[0])}
+    s_by_size = {s: t for t, s in zip(student_taps, shapes[1])}
+    common = [s for s in t_by_size if s in s_by_size]
+    if not common:
+        raise ValueError(
+            f"teacher {type(teacher).__name__} and student {type(student).__name__} have no tap of the same "
+            f"spatial size at input {tuple(input_size)}: teacher "
+            f"{list(zip([t.module for t in teacher_taps], shapes[0]))}, student "
+            f"{list(zip([t.module for t in student_taps], shapes[1]))}; pass teacher_taps / student_taps"
+        )
+    return [t_by_size[s] for s in common], [s_by_size[s] for s in common]
