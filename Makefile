@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test lint bench demo study fashion-mnist clean
+.PHONY: install test test-backends lint bench demo study fashion-mnist clean
 
 $(STAMP): setup.py setup.cfg requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,35 @@ install: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Both Lightning namespaces (mgd_lightning/_lightning.py): .venv-lightning has only `lightning` (lightning.pytorch,
+# `import lightning as L`; no pytorch_lightning: lightning 2.6 requires pytorch-lightning, so it and the package are
+# installed with --no-deps, then their other requirements), .venv-both has both, run with MGD_LIGHTNING_BACKEND=lightning.
+# Each runs the backend smoke tests (tests/test_backends.py).
+VENV_L := .venv-lightning
+VENV_B := .venv-both
+PIP_C := -m pip install --disable-pip-version-check -q -c requirements/constraints.txt
+BACKEND_TESTS ?= tests/test_backends.py
+
+$(VENV_L)/.installed: setup.py setup.cfg requirements/constraints.txt requirements/requires.py
+	test -x $(VENV_L)/bin/python || $(PYTHON) -m venv $(VENV_L)
+	$(VENV_L)/bin/python $(PIP_C) torch torchvision
+	$(VENV_L)/bin/python $(PIP_C) --no-deps -e . lightning
+	$(VENV_L)/bin/python requirements/requires.py mgd-lightning lightning --without pytorch-lightning >$(VENV_L)/requires.txt
+	$(VENV_L)/bin/python $(PIP_C) -r $(VENV_L)/requires.txt pytest
+	$(VENV_L)/bin/python -c "import importlib.util as u, sys; \
+	  sys.exit('pytorch_lightning is importable in $(VENV_L)' if u.find_spec('pytorch_lightning') else 0)"
+	touch $@
+
+$(VENV_B)/.installed: setup.py setup.cfg requirements/constraints.txt
+	test -x $(VENV_B)/bin/python || $(PYTHON) -m venv $(VENV_B)
+	$(VENV_B)/bin/python $(PIP_C) torch torchvision
+	$(VENV_B)/bin/python $(PIP_C) -e '.[lightning]' pytest
+	touch $@
+
+test-backends: $(VENV_L)/.installed $(VENV_B)/.installed
+	MGD_EXPECT_BACKEND=lightning $(VENV_L)/bin/python -m pytest -p no:cacheprovider $(BACKEND_TESTS)
+	MGD_LIGHTNING_BACKEND=lightning MGD_EXPECT_BACKEND=lightning $(VENV_B)/bin/python -m pytest -p no:cacheprovider $(BACKEND_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -43,4 +72,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/solver.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_L) $(VENV_B) build *.egg-info .pytest_cache .ruff_cache .hypothesis

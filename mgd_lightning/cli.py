@@ -37,19 +37,36 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-from jsonargparse import Namespace
-from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint, OnExceptionCheckpoint
-from pytorch_lightning.cli import LightningCLI
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+import yaml
+from jsonargparse import Namespace, get_loader, set_loader
 
+from mgd_lightning._lightning import callbacks, cli, loggers, map_class_path, pl
 from mgd_lightning.checkpoints import CheckpointFileError, check_checkpoint_file
 from mgd_lightning.data.datasets import DataFileError
+from mgd_lightning.data.download import DownloadError
 from mgd_lightning.distill.callback import MGDMatchingCallback
 from mgd_lightning.distill.module import NonFiniteLossError, TeacherMismatchError
 from mgd_lightning.distill.prediction_writer import PredictionWriter
 
+BasePredictionWriter, ModelCheckpoint, OnExceptionCheckpoint = (
+    callbacks.BasePredictionWriter, callbacks.ModelCheckpoint, callbacks.OnExceptionCheckpoint)
+LightningCLI = cli.LightningCLI
+CSVLogger, TensorBoardLogger = loggers.CSVLogger, loggers.TensorBoardLogger
+
 __all__ = ["MGDCLI", "main"]
+
+#: jsonargparse's parser mode of :class:`MGDCLI`: YAML, with the dotted paths of the other Lightning namespace
+#: (``class_path: pytorch_lightning.callbacks.ModelCheckpoint`` in the configs) mapped to the selected one
+#: (:func:`mgd_lightning._lightning.map_class_path`), so the configs run under either backend
+PARSER_MODE = "mgd_lightning_yaml"
+_yaml_load = get_loader("yaml")
+
+
+def _load_mapped(value: str) -> Any:
+    return map_class_path(_yaml_load(value))
+
+
+set_loader(PARSER_MODE, _load_mapped, exceptions=(yaml.YAMLError,))
 
 #: the subclass-mode arguments whose init_args may hold classes of their own (the networks of a module)
 _NESTING_ARGUMENTS = ("model", "data")
@@ -123,6 +140,12 @@ def _checkpoint_options(node: Any, key: str = "") -> list[tuple[str, str]]:
 
 class MGDCLI(LightningCLI):
     """LightningCLI with the matching callback under ``mgd:`` (and the checks of the module docstring)."""
+
+    def init_parser(self, **kwargs: Any):
+        """Lightning's parser, reading YAML with class paths mapped to the selected Lightning namespace
+        (:data:`PARSER_MODE`)."""
+        kwargs.setdefault("parser_mode", PARSER_MODE)
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(MGDMatchingCallback, "mgd")
@@ -217,7 +240,8 @@ def run_cli(args: Sequence[str] | None = None, run: bool = True) -> MGDCLI:
 
 
 #: errors whose message says all: ``main`` prints them as one line instead of a traceback
-USER_ERRORS = (FileNotFoundError, CheckpointFileError, DataFileError, NonFiniteLossError, TeacherMismatchError)
+USER_ERRORS = (FileNotFoundError, CheckpointFileError, DataFileError, DownloadError, NonFiniteLossError,
+               TeacherMismatchError)
 
 
 def _user_error(error: BaseException) -> BaseException | None:

@@ -16,10 +16,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import TQDMProgressBar
 
+from mgd_lightning._lightning import pl
 from mgd_lightning.data import DigitsDataModule, FashionMNISTDataModule, find_fashion_mnist
 from mgd_lightning.distill.callback import MGDMatchingCallback
 from mgd_lightning.distill.classifier import ClassificationModule
@@ -53,7 +52,7 @@ def _trainer(args, name: str, epochs: int, callbacks=()) -> pl.Trainer:
     return pl.Trainer(
         accelerator="cpu", max_epochs=epochs, default_root_dir=str(Path(args.out) / name),
         logger=pl.loggers.CSVLogger(str(Path(args.out)), name=name, version=""),
-        callbacks=[*callbacks, TQDMProgressBar(leave=True)], enable_checkpointing=False,
+        callbacks=[*callbacks, pl.callbacks.TQDMProgressBar(leave=True)], enable_checkpointing=False,
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=20,
     )
 

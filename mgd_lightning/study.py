@@ -153,8 +153,8 @@ SETTINGS: dict[str, Setting] = {
 
 # ---------------------------------------------------------------------------------------------- training
 def _quiet() -> None:
-    warnings.filterwarnings("ignore", module=r"pytorch_lightning|lightning_fabric|torch\.utils\.data")
-    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
+    warnings.filterwarnings("ignore", module=r"pytorch_lightning|lightning_fabric|lightning\.|torch\.utils\.data")
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -169,7 +169,7 @@ def _datamodule(setting: Setting, train_images: int | None, root: str | None):
 
 
 def _trainer(setting: Setting, epochs: int, callbacks=()):
-    import pytorch_lightning as pl
+    from mgd_lightning._lightning import pl
 
     return pl.Trainer(
         accelerator=setting.accelerator, devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
@@ -185,8 +185,7 @@ def _errors(trainer) -> tuple[float, float]:
 
 def train_teacher(setting: Setting, out: Path, root: str | None = None) -> dict[str, Any]:
     """Train the teacher once (seed 0) into ``out/teacher``; reuse it when it is there already."""
-    import pytorch_lightning as pl
-
+    from mgd_lightning._lightning import pl
     from mgd_lightning.distill.classifier import ClassificationModule
     from mgd_lightning.models import build_model
 
@@ -217,8 +216,7 @@ def train_teacher(setting: Setting, out: Path, root: str | None = None) -> dict[
 
 def run_student(name: str, seed: int, setting: Setting, out: Path, root: str | None = None) -> dict[str, Any]:
     """Train row ``name`` with ``seed``; write and return ``out/runs/<name>/seed<seed>/result.json``."""
-    import pytorch_lightning as pl
-
+    from mgd_lightning._lightning import pl
     from mgd_lightning.distill.callback import MGDMatchingCallback
     from mgd_lightning.distill.classifier import ClassificationModule
     from mgd_lightning.distill.module import DistillationModule

@@ -5,12 +5,11 @@ from __future__ import annotations
 import copy
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from mgd_lightning import DistillationModule, MGDMatchingCallback
+from mgd_lightning._lightning import pl
 from mgd_lightning.matching import assignment_cost, balanced_assignment, channel_cost
 from tests.toys import ToyNet, digits_dataset
 
@@ -160,7 +159,7 @@ def test_uses_matching_dataset_of_the_datamodule(tmp_path):
 
 
 def test_resume_restores_matching_and_schedule(tmp_path):
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
     cb = MGDMatchingCallback(update_every_n_epochs=3)
     m = _module()
     _trainer(tmp_path, max_epochs=2, callbacks=[cb, ckpt], enable_checkpointing=True).fit(m, *_loaders())

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 import torchvision.transforms as T
 from PIL import Image
 
+from mgd_lightning._lightning import pl
 from mgd_lightning.data import (
     DATAMODULES,
     CIFAR100DataModule,

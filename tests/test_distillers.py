@@ -90,7 +90,7 @@ CASES = [("kd", {"kd_weight": 0.9, "kd_temperature": 4.0, "ce_weight": 0.1}), ("
 
 @pytest.mark.parametrize(("distiller", "extra"), CASES)
 def test_each_distiller_trains_a_few_steps(distiller, extra, tmp_path):
-    import pytorch_lightning as pl
+    from mgd_lightning._lightning import pl
 
     torch.manual_seed(0)
     m = DistillationModule(ToyNet((12, 24)), ToyNet((5, 7)), distiller=distiller, **extra)

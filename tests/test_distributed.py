@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
 from mgd_lightning import DistillationModule, MGDMatchingCallback
+from mgd_lightning._lightning import pl
 from mgd_lightning.matching import assignment_cost
 from tests.toys import ToyNet, digits_dataset
 

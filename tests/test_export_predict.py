@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from mgd_lightning import ClassificationModule, DistillationModule, MGDMatchingCallback
+from mgd_lightning._lightning import pl
 from mgd_lightning.distill.module import TeacherMismatchError
 from mgd_lightning.distill.prediction_writer import PredictionWriter
 from mgd_lightning.models import build_model
@@ -56,7 +55,7 @@ def _trainer(tmp_path, **kwargs) -> pl.Trainer:
 def _fit(tmp_path, name: str, max_epochs: int, seed: int, ckpt_path=None, **module_kwargs):
     """A tiny MGD run writing a checkpoint at the end of every epoch into ``tmp_path / name``."""
     m = _module(**module_kwargs)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / name, save_top_k=-1, every_n_epochs=1)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / name, save_top_k=-1, every_n_epochs=1)
     trainer = _trainer(tmp_path, max_epochs=max_epochs, enable_checkpointing=True,
                        callbacks=[MGDMatchingCallback(update_every_n_epochs=1, num_samples=24), ckpt])
     pl.seed_everything(seed, verbose=False)  # another process: other random states until the resume
@@ -92,7 +91,7 @@ def test_resume_from_a_lean_checkpoint_equals_the_uninterrupted_run(tmp_path):
     whole = _fit(tmp_path, "whole", max_epochs=2, seed=1)
     teacher = _teacher()
     m = DistillationModule(teacher, _student(), lr=0.05)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "resumed", save_top_k=-1, every_n_epochs=1)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "resumed", save_top_k=-1, every_n_epochs=1)
     trainer = _trainer(tmp_path, max_epochs=2, enable_checkpointing=True,
                        callbacks=[MGDMatchingCallback(update_every_n_epochs=1, num_samples=24), ckpt])
     pl.seed_everything(2, verbose=False)

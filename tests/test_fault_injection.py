@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from mgd_lightning import DistillationModule, MGDMatchingCallback
+from mgd_lightning._lightning import pl
 from tests.toys import ToyNet, digits_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +130,8 @@ def _fit(out: Path, max_epochs: int = 3, ckpt_path: str | None = None, seed: int
     marker = out / "held.json"
     train_set = _Digits(marker if hold == "pass" else None)
     matching = _Matching(update_every_n_epochs=1, num_samples=40, progress_bar=False)
-    callbacks = [matching, ModelCheckpoint(dirpath=out / "ckpt", save_last=True, save_top_k=-1, every_n_epochs=1)]
+    callbacks = [matching,
+                 pl.callbacks.ModelCheckpoint(dirpath=out / "ckpt", save_last=True, save_top_k=-1, every_n_epochs=1)]
     if hold == "training":
         callbacks.append(_HoldInTraining(marker, rank=1 if trainer_kwargs.get("devices", 1) > 1 else 0))
     if hold == "checkpoint":
@@ -152,7 +152,9 @@ def _main(argv: list[str]) -> None:
     out, hold = Path(argv[0]), argv[1]
     extra: dict = {"devices": 2, "strategy": argv[2]} if len(argv) > 2 else {}
     if len(argv) > 3:
-        from pytorch_lightning.strategies import DDPStrategy
+        from mgd_lightning._lightning import strategies
+
+        DDPStrategy = strategies.DDPStrategy
 
         extra["strategy"] = DDPStrategy(timeout=timedelta(seconds=float(argv[3])))
     _fit(out, hold=hold, **extra)
@@ -455,7 +457,7 @@ def lightning_checkpoint(tmp_path_factory) -> Path:
     module = DistillationModule(ToyNet((12, 24)), ToyNet((5, 7)), matching=False)
     trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=out,
-                         callbacks=[ModelCheckpoint(dirpath=out, filename="run")])
+                         callbacks=[pl.callbacks.ModelCheckpoint(dirpath=out, filename="run")])
     trainer.fit(module, DataLoader(digits_dataset(limit=BATCH), batch_size=BATCH))
     assert torch.load(out / "run.ckpt", map_location="cpu", weights_only=True)["global_step"] == 1
     return out / "run.ckpt"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from mgd_lightning import DistillationModule, MGDMatchingCallback
+from mgd_lightning._lightning import pl
 from mgd_lightning.losses import kd_loss, margin_from_bn, partial_l2
 from mgd_lightning.reduction import reduce_teacher_and_margin
 from tests.toys import ToyNet, digits_dataset

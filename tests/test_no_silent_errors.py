@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, IterableDataset
 
 from mgd_lightning import DistillationModule, MGDMatchingCallback
+from mgd_lightning._lightning import pl
 from tests.toys import ToyNet, digits_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +142,7 @@ def test_d6_a_non_finite_loss_stops_with_its_step_and_term_and_no_nan_checkpoint
         return losses
 
     m.distillation_losses = poisoned
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1, every_n_epochs=1)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1, every_n_epochs=1)
     trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[ckpt])
     with pytest.raises(FloatingPointError, match=r"step 3.*distill tap 1 \(teacher 'tap1', student 'tap1'\)"):
         trainer.fit(m, _loader(), _loader())
@@ -277,7 +276,7 @@ def test_d11_resume_from_an_epoch_end_checkpoint_is_bit_exact(tmp_path):
     def fit(max_epochs: int, seed: int, ckpt_path: Path | None = None):
         m = _module()
         matching = MGDMatchingCallback(update_every_n_epochs=1, num_samples=24)
-        ckpt = ModelCheckpoint(dirpath=tmp_path / f"ckpt{seed}", save_top_k=-1, every_n_epochs=1)
+        ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt{seed}", save_top_k=-1, every_n_epochs=1)
         trainer = _trainer(tmp_path, max_epochs=max_epochs, enable_checkpointing=True, callbacks=[matching, ckpt],
                            num_sanity_val_steps=1)
         pl.seed_everything(seed, verbose=False)  # another process: other random states until the resume

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
+from mgd_lightning._lightning import pl
 from mgd_lightning.cli import MGDCLI, run_cli
 from mgd_lightning.distill.classifier import ClassificationModule, WarmupMultiStepLR
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from mgd_lightning._lightning import pl
 
 __all__ = ["ImageDataModule", "seeded_subset"]
 

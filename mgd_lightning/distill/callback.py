@@ -40,12 +40,10 @@ import logging
 import time
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
-from pytorch_lightning.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
+from mgd_lightning._lightning import isolate_rng, pl, rank_zero_warn
 from mgd_lightning.matching import METRICS, assignment_cost, channel_cost
 
 from .classifier import split_batch

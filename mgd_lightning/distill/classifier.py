@@ -20,12 +20,12 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torchmetrics.classification import MulticlassAccuracy
+
+from mgd_lightning._lightning import PossibleUserWarning, pl
 
 __all__ = ["ClassificationModule", "WarmupMultiStepLR", "split_batch", "infer_num_classes"]
 

@@ -18,9 +18,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
+
+from mgd_lightning._lightning import callbacks, pl
+
+BasePredictionWriter = callbacks.BasePredictionWriter
 
 __all__ = ["PredictionWriter"]
 

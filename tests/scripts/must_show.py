@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 import torchvision
-from pytorch_lightning import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from mgd_lightning import DistillationModule, MGDMatchingCallback
+from mgd_lightning._lightning import pl
 
 out = Path(sys.argv[1])
 devices = int(sys.argv[2]) if len(sys.argv) > 2 else 1
@@ -24,7 +24,7 @@ val_loader = DataLoader(data, batch_size=8)
 
 callback = MGDMatchingCallback()
 extra = {"devices": devices, "strategy": "ddp"} if devices > 1 else {}
-trainer = Trainer(accelerator="cpu", max_epochs=2, callbacks=[callback], **extra)
+trainer = pl.Trainer(accelerator="cpu", max_epochs=2, callbacks=[callback], **extra)
 module = DistillationModule(
     teacher=torchvision.models.resnet50(num_classes=10), student=torchvision.models.mobilenet_v2(num_classes=10)
 )
