@@ -169,12 +169,13 @@ class MGDCLI(LightningCLI):
                 and not ckpt_path.lower().startswith("registry"):  # Lightning's model-registry names
             check_checkpoint_file(ckpt_path, what="--ckpt_path")
 
-    def before_instantiate_classes(self) -> None:
-        """The checkpoint files the networks load are readable (one-line errors instead of a crash in
-        jsonargparse's error formatter for an empty file)."""
+    def instantiate_classes(self) -> None:
+        """First, the checkpoint files the networks load are checked (one-line errors instead of a crash in
+        jsonargparse's error formatter for an empty file); then the classes are built."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         for option, path in _checkpoint_options(config):
             check_checkpoint_file(path, what=f"--{option}")
+        super().instantiate_classes()
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         """Lightning's default TensorBoard logger, plus a CSV logger in its ``csv/`` subfolder (two loggers in
