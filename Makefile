@@ -63,7 +63,7 @@ fashion-mnist:
 demo: $(STAMP) fashion-mnist
 	$(VENV)/bin/mgd-lightning demo
 
-# The reproduction study (results/study-cpu: 100 min on 2 CPU cores from a fresh clone; resumable). STUDY_ARGS="--setting gpu" on a GPU.
+# The reproduction study (results/study-cpu: about 90-115 min on 2 CPU cores from a fresh clone; resumable). STUDY_ARGS="--setting gpu" on a GPU.
 STUDY_ARGS ?=
 study: $(STAMP) fashion-mnist
 	$(VENV)/bin/mgd-lightning study $(STUDY_ARGS)
