@@ -678,8 +678,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mgd-lightning study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="cpu",
-                        help="cpu: 2 CPU cores, about 90-115 min (default); gpu: whole training set, 30 epochs, 5 seeds; "
-                             "smoke: seconds")
+                        help="cpu: 2 CPU cores, about 90-115 min (default); gpu: whole training set, 30 epochs, "
+                             "5 seeds; smoke: seconds")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: results/study-<setting>)")
     parser.add_argument("--root", default=None, help="a folder with the Fashion-MNIST IDX files (default: the "
                                                      "Debian package's /usr/share/datasets/fashion-mnist)")
