@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from mgd_lightning import DistillationModule, MGDMatchingCallback
 from mgd_lightning._lightning import pl
+from tests.procs import alive, children
+from tests.test_no_silent_errors import TINY_CLI
 from tests.toys import ToyNet, digits_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -346,24 +348,6 @@ def test_ctrl_c_in_a_cli_run_shuts_down_gracefully_and_leaves_loadable_checkpoin
 
 
 # ---------------------------------------------------------------------------------------------- 4. a rank lost
-def _children(pid: int) -> list[int]:
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for its reaper)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc (Linux)")
@@ -381,9 +365,9 @@ def test_sigkill_of_rank_1_under_ddp_ends_the_run_with_an_error(tmp_path, strate
         _wait_for(out / "held.json", proc)
         held = json.loads((out / "held.json").read_text())
         assert held["rank"] == 1 and held["where"] == "training" and held["epoch"] == HOLD_EPOCH
-        ranks = [k for k in _children(proc.pid) if k != held["pid"]] + [proc.pid]
+        ranks = [k for k in children(proc.pid) if k != held["pid"]] + [proc.pid]
         if strategy == "ddp_fork":  # rank 0 is the launcher's other child (ignore any helper process it has)
-            assert held["pid"] in _children(proc.pid)
+            assert held["pid"] in children(proc.pid)
         killed_at = time.monotonic()
         os.kill(held["pid"], signal.SIGKILL)
         returncode = proc.wait(timeout=60)
@@ -399,9 +383,9 @@ def test_sigkill_of_rank_1_under_ddp_ends_the_run_with_an_error(tmp_path, strate
     assert re.search(expected[strategy], output), output[-3000:]
     assert took < 60
     deadline = time.monotonic() + 30  # nothing of the run is left running
-    while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in ranks) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert [pid for pid in ranks if _alive(pid)] == []
+    assert [pid for pid in ranks if alive(pid)] == []
     # rank 0 wrote epoch 0's checkpoints (2 steps a rank); nothing half-written, no temporary file left
     saved = _load_all(out / "ckpt")
     assert sorted(saved) == ["epoch=0-step=2.ckpt", "last.ckpt"] and saved["last.ckpt"]["global_step"] == 2
@@ -438,15 +422,6 @@ def test_a_hung_rank_under_ddp_is_bounded_by_the_process_group_timeout(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- 5. truncated files
-TINY_CLI = [
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=2",  # "1" would be the float 1.0 (every batch)
-    "--trainer.limit_val_batches=2",
-    "--trainer.num_sanity_val_steps=0",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--mgd.num_samples=16",
-]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import mgd_lightning.study as study
+from tests.procs import alive, children
 from tests.test_data import _make_fashion
 
 
@@ -155,26 +156,6 @@ def test_study_in_two_processes(tmp_path, fashion):
     assert json.loads((out / "runs" / "mgd_sm" / "seed0" / "result.json").read_text())["threads"] == 1
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for its reaper)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG are Linux-only")
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
 def test_killing_the_study_stops_its_workers(tmp_path, fashion, how):
@@ -191,7 +172,7 @@ def test_killing_the_study_stops_its_workers(tmp_path, fashion, how):
         workers: list[int] = []
         while time.monotonic() < deadline and proc.poll() is None:
             # the two run workers (the resource tracker is a third child)
-            workers = [k for k in _children(proc.pid) if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()]
+            workers = [k for k in children(proc.pid) if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()]
             if len(workers) == 2:
                 break
             time.sleep(0.2)
@@ -201,9 +182,9 @@ def test_killing_the_study_stops_its_workers(tmp_path, fashion, how):
         proc.send_signal(getattr(signal, how))
         assert proc.wait(timeout=60) != 0
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        while time.monotonic() < deadline and any(alive(w) for w in workers):
             time.sleep(0.2)
-        assert [w for w in workers if _alive(w)] == []
+        assert [w for w in workers if alive(w)] == []
     finally:
         if proc.poll() is None:
             proc.kill()
