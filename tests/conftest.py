@@ -20,3 +20,13 @@ def _offline_weights(request, monkeypatch):
     files from 127.0.0.1 and sets the variable itself."""
     if request.module.__name__.rsplit(".", 1)[-1] != "test_downloads":
         monkeypatch.setenv("MGD_LIGHTNING_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of many tiny convolutions: OpenMP spin contention on a busy 2-core CPU made
+    them up to 10x slower. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

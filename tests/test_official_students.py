@@ -38,13 +38,7 @@ VARIANTS = {
 SHUFFLENETS = [n for n in VARIANTS if n.startswith("shufflenet")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small convolutions: one thread avoids OpenMP spin contention on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randomize_bn(model: nn.Module, seed: int = 2) -> None:

@@ -25,13 +25,7 @@ SHUFFLENETS = ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
 ARCHS = [*RESNETS, "mobilenet_v2", *SHUFFLENETS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many tiny convolutions: one thread avoids OpenMP spin contention on a busy CPU (10x faster there)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _build(arch: str) -> nn.Module:
