@@ -37,8 +37,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mgd_lightning.cli import run_cli
-from mgd_lightning.records import load_json, plus_minus, write_csv, write_json_atomic
+from mgd_lightning.experiments.records import load_json, plus_minus, write_csv, write_json_atomic
+from mgd_lightning.experiments.reports import mean_std
+from mgd_lightning.experiments.runner import run_jobs
 
 __all__ = ["main", "run_one", "aggregate", "check_same_setting", "method_names", "RESULT_FILE"]
 
@@ -171,11 +175,6 @@ def run_one(config: str | Path, name: str, seed: int, out: Path, extra: Sequence
     return result
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def aggregate(results: list[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
     """One row per method (in ``names`` order) over its finished seeds."""
     rows = []
@@ -183,10 +182,10 @@ def aggregate(results: list[dict[str, Any]], names: Sequence[str]) -> list[dict[
         runs = sorted((r for r in results if r["method"] == name), key=lambda r: r["seed"])
         if not runs:
             continue
-        top1, top1_std = _mean_std([r["top1_err"] for r in runs])
+        top1, top1_std = mean_std([r["top1_err"] for r in runs])
         ks = {r["topk"] for r in runs}
         k = ks.pop() if len(ks) == 1 else None
-        topk, topk_std = _mean_std([r["topk_err"] for r in runs]) if k is not None else (None, None)
+        topk, topk_std = mean_std([r["topk_err"] for r in runs]) if k is not None else (None, None)
         rows.append({
             "method": name, "config": runs[0]["config"], "n_seeds": len(runs),
             "seeds": " ".join(str(r["seed"]) for r in runs),
@@ -242,21 +241,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as err:
         raise SystemExit(f"python -m mgd_lightning.compare: error: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
-    results, failed = [], []
+    results, jobs = [], []
     for config, name in zip(args.configs, names):
         for seed in args.seeds:
             done = load_json(out / name / f"seed{seed}" / RESULT_FILE)
             if done is not None:
                 log.info("run %s seed %d: finished earlier, skipped", name, seed)
                 results.append(done)
-                continue
-            try:
-                results.append(run_one(config, name, seed, out, args.extra_args, args.stage))
-            except Exception:
-                if args.fail_fast:
-                    raise
-                log.exception("run %s seed %d failed", name, seed)
-                failed.append(f"{name}/seed{seed}")
+            else:
+                jobs.append((config, name, seed, out, args.extra_args, args.stage))
+    # In this process, one after the other: each run may use every core and device (its config says how).
+    failed = run_jobs(jobs, run_one, on_done=results.append, fail_fast=args.fail_fast, threads=torch.get_num_threads(),
+                      describe=lambda job: f"run {job[1]}/seed{job[2]}")
     rows = aggregate(results, names)
     write_csv(out / "results.csv", rows, CSV_FIELDS)
     table = markdown(rows, args.stage)

@@ -1,4 +1,4 @@
-"""The reproduction study: claim checks on known numbers, and the command end to end on tiny real-format data."""
+"""The from-scratch study: claim checks on known numbers, and the command end to end on tiny real-format data."""
 
 from __future__ import annotations
 
@@ -14,13 +14,16 @@ from pathlib import Path
 
 import pytest
 
-import mgd_lightning.study as study
+import mgd_lightning.study as study_cli
+from mgd_lightning.experiments import reports, scratch
+from mgd_lightning.experiments.claims import check_claims, claims_markdown
+from mgd_lightning.experiments.study import run_study
 from tests.procs import alive, children
 from tests.test_data import _make_fashion
 
 
 def _result(row: str, seed: int, err: float, history=()) -> dict:
-    return {"row": row, "label": study.ROWS[row].label, "seed": seed, "top1_err": err, "top5_err": err / 10,
+    return {"row": row, "label": scratch.ROWS[row].label, "seed": seed, "top1_err": err, "top5_err": err / 10,
             "wall_s": 1.0, "trainable_params": 10, "matching_updates": len(history), "history": list(history)}
 
 
@@ -40,7 +43,7 @@ def test_claims_paired_by_seed_with_t_intervals():
         # online equal to the pass up to +-0.1: a supported tie.
         _result("mgd_amp_online", 0, 10.1), _result("mgd_amp_online", 1, 10.9), _result("mgd_amp_online", 2, 12.0),
     ]
-    checked = _by_claim(study.claims(results))
+    checked = _by_claim(check_claims(results, scratch.CLAIMS))
     amp = checked["AMP is the best of the three reductions"]
     sm, rd = amp["comparisons"]
     assert (sm["second"], sm["n"], sm["first_better_seeds"], sm["verdict"]) == ("mgd_sm", 3, 3, "supported")
@@ -54,55 +57,55 @@ def test_claims_paired_by_seed_with_t_intervals():
     online = checked["online matching"]
     assert online["kind"] == "tie" and online["status"] == "held"
     assert "matching beats no matching" not in checked  # rows without runs are left out, not counted
-    text = study.markdown(study.aggregate(results, list(study.ROWS)), study.claims(results), None, "cpu",
-                          study.SETTINGS["cpu"])
+    text = "\n".join(claims_markdown(check_claims(results, scratch.CLAIMS), scratch.STUDY.label))
     assert "MGD-AMP vs MGD-SM: -1.10 ± 0.10, 95 % CI [-1.35, -0.85], first better in 3/3 seeds: supported" in text
     assert "**MGD beats the student trained alone (paper Tables 1-3): did not hold.**" in text
     assert "**AMP is the best of the three reductions (paper Tables 1, 3): not shown.**" in text
 
 
 def test_claims_verdicts_need_two_seeds_and_a_tie_outside_the_margin_is_contradicted():
-    checked = _by_claim(study.claims([_result("mgd_amp", 0, 10.0), _result("mgd_mp", 0, 12.0)]))
+    checked = _by_claim(check_claims([_result("mgd_amp", 0, 10.0), _result("mgd_mp", 0, 12.0)], scratch.CLAIMS))
     (mp,) = checked["AMP beats max pooling and average pooling"]["comparisons"]
     assert mp["verdict"] == "inconclusive" and math.isnan(mp["ci95_low"]) and mp["first_better_seeds"] == 1
     online = [_result("mgd_amp_online", s, 12.0 + 0.05 * s) for s in range(3)]
-    checked = _by_claim(study.claims(online + [_result("mgd_amp", s, 10.0) for s in range(3)]))
+    checked = _by_claim(check_claims(online + [_result("mgd_amp", s, 10.0) for s in range(3)], scratch.CLAIMS))
     assert checked["online matching"]["status"] == "did not hold"
 
 
 def test_aggregate_mean_and_sample_std():
     results = [_result("kd", s, e) for s, e in enumerate((10.0, 12.0, 14.0))] + [_result("at", 0, 5.0)]
-    rows = study.aggregate(results, ["baseline", "kd", "at"])
+    rows = reports.aggregate(results, ["baseline", "kd", "at"], scratch.STUDY.label)
     assert [r["row"] for r in rows] == ["kd", "at"]
     assert rows[0]["top1_err_mean"] == 12.0 and rows[0]["top1_err_std"] == 2.0 and rows[0]["seeds"] == "0 1 2"
-    assert rows[1]["n_seeds"] == 1 and math.isnan(rows[1]["top1_err_std"])
+    assert rows[1]["n_seeds"] == 1 and rows[1]["top1_err_std"] is None
 
 
 def test_every_row_is_buildable_and_the_paper_rows_are_there():
-    assert set(study.ROWS) >= {"baseline", "kd", "fitnets", "at", "ofd", "mgd_sm", "mgd_rd", "mgd_amp", "mgd_mp",
+    assert set(scratch.ROWS) >= {"baseline", "kd", "fitnets", "at", "ofd", "mgd_sm", "mgd_rd", "mgd_amp", "mgd_mp",
                                "mgd_avgp", "amp_no_matching", "mgd_amp_kd", "mgd_amp_online", "mgd_amp_every1",
                                "mgd_amp_every4"}
-    every = {n: r.callback["update_every_n_epochs"] for n, r in study.ROWS.items() if r.callback}
+    every = {n: r.callback["update_every_n_epochs"] for n, r in scratch.ROWS.items() if r.callback}
     assert every["mgd_amp_every1"] == 1 and every["mgd_amp"] == 2 and every["mgd_amp_every4"] == 4
-    assert study.ROWS["mgd_amp_online"].callback["mode"] == "online"
-    assert study.ROWS["amp_no_matching"].module["matching"] is False and study.ROWS["amp_no_matching"].callback is None
-    for setting in study.SETTINGS.values():
-        assert set(setting.rows) <= set(study.ROWS) and len(setting.seeds) >= 1
+    assert scratch.ROWS["mgd_amp_online"].callback["mode"] == "online"
+    no_matching = scratch.ROWS["amp_no_matching"]
+    assert no_matching.module["matching"] is False and no_matching.callback is None
+    for setting in scratch.SETTINGS.values():
+        assert set(setting.rows) <= set(scratch.ROWS) and len(setting.seeds) >= 1
         assert all(0 < m <= setting.epochs for m in setting.lr_milestones)
-    cpu = study.SETTINGS["cpu"]
-    assert len(cpu.seeds) >= 3 and cpu.rows == tuple(study.ROWS)
+    cpu = scratch.SETTINGS["cpu"]
+    assert len(cpu.seeds) >= 3 and cpu.rows == tuple(scratch.ROWS)
 
 
 def test_overrides_scale_the_milestones():
-    args = study._parser().parse_args(["--setting", "cpu", "--epochs", "14", "--seeds", "4", "5", "--jobs", "1"])
-    setting = study._setting(args)
+    args = study_cli._parser().parse_args(["--setting", "cpu", "--epochs", "14", "--seeds", "4", "5", "--jobs", "1"])
+    setting = study_cli._setting(args)
     assert setting.epochs == 14 and setting.lr_milestones == (10, 12) and setting.seeds == (4, 5)
-    assert setting.jobs == 1 and setting.train_images == study.SETTINGS["cpu"].train_images
+    assert setting.jobs == 1 and setting.train_images == scratch.SETTINGS["cpu"].train_images
 
 
 def test_missing_fashion_mnist_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="Fashion-MNIST not found"):
-        study.main(["--setting", "smoke", "--out", str(tmp_path / "out"), "--root", str(tmp_path / "nothing")])
+        study_cli.main(["--setting", "smoke", "--out", str(tmp_path / "out"), "--root", str(tmp_path / "nothing")])
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +117,7 @@ def test_study_end_to_end_then_resumes(tmp_path, fashion, capsys):
     out = tmp_path / "study"
     rows = ["baseline", "ofd", "mgd_amp", "amp_no_matching", "mgd_amp_online", "mgd_amp_every1"]
     args = ["--setting", "smoke", "--out", str(out), "--root", str(fashion), "--rows", *rows, "--seeds", "0", "1"]
-    study.main(args)
+    study_cli.main(args)
     printed = capsys.readouterr().out
     assert "| MGD-AMP | 2 |" in printed and "## The paper's claims, checked" in printed
     assert (out / "results.md").read_text() in printed + "\n"
@@ -141,7 +144,7 @@ def test_study_end_to_end_then_resumes(tmp_path, fashion, capsys):
     kept = (out / "runs" / "ofd" / "seed1" / "result.json").read_text()
     (out / "runs" / "baseline" / "seed1" / "result.json").unlink()
     teacher_mtime = (out / "teacher" / "teacher.pt").stat().st_mtime_ns
-    study.main(args)
+    study_cli.main(args)
     assert (out / "runs" / "ofd" / "seed1" / "result.json").read_text() == kept
     assert (out / "teacher" / "teacher.pt").stat().st_mtime_ns == teacher_mtime
     assert (out / "runs" / "baseline" / "seed1" / "result.json").is_file()
@@ -149,7 +152,7 @@ def test_study_end_to_end_then_resumes(tmp_path, fashion, capsys):
 
 def test_study_in_two_processes(tmp_path, fashion):
     out = tmp_path / "study"
-    study.main(["--setting", "smoke", "--out", str(out), "--root", str(fashion), "--rows", "kd", "mgd_sm",
+    study_cli.main(["--setting", "smoke", "--out", str(out), "--root", str(fashion), "--rows", "kd", "mgd_sm",
                 "--jobs", "2"])
     runs = sorted(p.parent.parent.name for p in (out / "runs").glob("*/seed0/result.json"))
     assert runs == ["kd", "mgd_sm"]
@@ -193,13 +196,13 @@ def test_killing_the_study_stops_its_workers(tmp_path, fashion, how):
 def test_the_gpu_setting_code_path_at_smoke_sizes(tmp_path, fashion):
     """What only the gpu setting uses (accelerator "auto", loader workers, runs in this process) works; the
     sizes are the smoke setting's, so that it runs anywhere in seconds."""
-    gpu, smoke = study.SETTINGS["gpu"], study.SETTINGS["smoke"]
+    gpu, smoke = scratch.SETTINGS["gpu"], scratch.SETTINGS["smoke"]
     assert gpu.accelerator == "auto" and gpu.num_workers > 0 and gpu.jobs == 1 and len(gpu.seeds) >= 5
-    assert gpu.train_images is None and gpu.epochs > study.SETTINGS["cpu"].epochs
-    sizes = {f.name: getattr(smoke, f.name) for f in dataclasses.fields(study.Setting)
+    assert gpu.train_images is None and gpu.epochs > scratch.SETTINGS["cpu"].epochs
+    sizes = {f.name: getattr(smoke, f.name) for f in dataclasses.fields(scratch.Setting)
              if f.name not in ("accelerator", "num_workers", "jobs")}
     setting = dataclasses.replace(gpu, **{**sizes, "num_workers": 2, "rows": ("mgd_amp",)})
-    text = study.run_study("gpu", setting, tmp_path / "out", root=str(fashion))
+    text = run_study(scratch.STUDY, "gpu", setting, tmp_path / "out", root=str(fashion))
     assert "setting `gpu`" in text and "| MGD-AMP | 1 |" in text
     assert json.loads((tmp_path / "out" / "environment.json").read_text())["setting"]["num_workers"] == 2
 
@@ -207,16 +210,16 @@ def test_the_gpu_setting_code_path_at_smoke_sizes(tmp_path, fashion):
 def test_a_folder_of_another_setting_is_refused_and_a_lost_teacher_is_not_silently_retrained(tmp_path, fashion):
     out = tmp_path / "study"
     base = ["--setting", "smoke", "--out", str(out), "--root", str(fashion), "--rows", "baseline", "mgd_amp"]
-    study.main(base)
+    study_cli.main(base)
     with pytest.raises(SystemExit, match=r"holds runs of another setting \(epochs: 2 -> 3"):
-        study.main([*base, "--epochs", "3"])
-    study.main([*base, "--jobs", "1", "--threads", "1"])  # scheduling fields may change
+        study_cli.main([*base, "--epochs", "3"])
+    study_cli.main([*base, "--jobs", "1", "--threads", "1"])  # scheduling fields may change
     assert (out / "command.txt").read_text().count("mgd-lightning study") == 2  # the refused call ran nothing
     (out / "teacher" / "teacher.pt").unlink()
-    study.main(base)  # nothing to do: no teacher needed
-    with pytest.raises(SystemExit, match="teacher they were distilled from .* is missing"):
-        study.main([*base, "--seeds", "1"])
-    study.main([*base, "--rows", "baseline", "--seeds", "1"])  # the baseline needs no teacher
+    study_cli.main(base)  # nothing to do: no teacher needed
+    with pytest.raises(SystemExit, match=r"what they were trained from \(.*teacher.pt\) is missing"):
+        study_cli.main([*base, "--seeds", "1"])
+    study_cli.main([*base, "--rows", "baseline", "--seeds", "1"])  # the baseline needs no teacher
     assert (out / "runs" / "baseline" / "seed1" / "result.json").is_file()
 
 
@@ -226,25 +229,25 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_committed_study_report_is_what_its_runs_give():
     """results.csv and claims.json are the aggregate of the committed runs (nothing edited by hand)."""
-    setting = study.SETTINGS["cpu"]
+    setting = scratch.SETTINGS["cpu"]
     runs = [json.loads(p.read_text()) for p in sorted(STUDY.glob("runs/*/seed*/result.json"))]
     assert len(runs) == len(setting.rows) * len(setting.seeds)
     with (STUDY / "results.csv").open() as f:
         table = list(csv.DictReader(f))
-    rows = study.aggregate(runs, setting.rows)
+    rows = reports.aggregate(runs, setting.rows, scratch.STUDY.label)
     assert [r["row"] for r in table] == list(setting.rows)
     for committed, again in zip(table, rows):
         assert int(committed["n_seeds"]) == again["n_seeds"] == len(setting.seeds)
         assert float(committed["top1_err_mean"]) == pytest.approx(again["top1_err_mean"])
         assert float(committed["top1_err_std"]) == pytest.approx(again["top1_err_std"])
-    assert json.loads((STUDY / "claims.json").read_text()) == json.loads(json.dumps(study.claims(runs)))
+    assert json.loads((STUDY / "claims.json").read_text()) == json.loads(json.dumps(check_claims(runs, scratch.CLAIMS)))
     env = json.loads((STUDY / "environment.json").read_text())
     assert env["setting_name"] == "cpu" and env["packages"]["torch"]
     # made by HEAD's rows and setting: a change to either needs the study re-run (make study)
-    assert env["rows_config"] == study._rows_config()
-    now = study._jsonable(dataclasses.asdict(setting))
-    assert {k: v for k, v in env["setting"].items() if k not in study.SCHEDULING_FIELDS} == \
-        {k: v for k, v in now.items() if k not in study.SCHEDULING_FIELDS}
+    assert env["rows_config"] == scratch.STUDY.rows_config()
+    now = reports.jsonable(dataclasses.asdict(setting))
+    assert {k: v for k, v in env["setting"].items() if k not in reports.SCHEDULING_FIELDS} == \
+        {k: v for k, v in now.items() if k not in reports.SCHEDULING_FIELDS}
     for plot in ("errors.png", "matching_cost.png", "match_stability.png"):
         assert (STUDY / plot).stat().st_size > 10_000
 
@@ -252,8 +255,8 @@ def test_committed_study_report_is_what_its_runs_give():
 def test_readme_summary_matches_the_committed_study():
     readme, report = README.read_text(), (STUDY / "results.md").read_text()
     table = [line for line in report.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + len(study.SETTINGS["cpu"].rows)
+    assert len(table) == 2 + len(scratch.SETTINGS["cpu"].rows)
     claims = [line for line in report.splitlines() if line.startswith(("- **", "  - "))]
-    assert len(claims) >= len(study.CLAIMS)
+    assert len(claims) >= len(scratch.CLAIMS)
     missing = [line for line in table + claims if line not in readme]
     assert missing == [], "README's study section differs from results/study-cpu/results.md"

@@ -28,6 +28,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FashionMNISTDataModule",
     "find_fashion_mnist",
+    "per_class_indices",
     "read_idx",
 ]
 
@@ -124,6 +125,38 @@ def _load_split(directory: Path, prefix: str) -> tuple[torch.Tensor, torch.Tenso
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
+def _check_classes(classes: Sequence[int] | None) -> list[int]:
+    if classes is None:
+        return list(range(len(FASHION_MNIST_CLASSES)))
+    classes = [int(c) for c in classes]
+    bad = [c for c in classes if not 0 <= c < len(FASHION_MNIST_CLASSES)]
+    if bad or not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be distinct indices in 0..{len(FASHION_MNIST_CLASSES) - 1} "
+                         f"({', '.join(f'{i} {n}' for i, n in enumerate(FASHION_MNIST_CLASSES))}), got {classes}")
+    return classes
+
+
+def _keep_classes(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[int]):
+    """The images of ``classes`` with labels ``0..len(classes)-1`` in that order. images: (N, 1, H, W)."""
+    mapping = torch.full((len(FASHION_MNIST_CLASSES),), -1, dtype=torch.long)
+    mapping[torch.as_tensor(list(classes))] = torch.arange(len(classes))
+    new = mapping[labels]
+    keep = new >= 0
+    return images[keep], new[keep]
+
+
+def per_class_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``n`` items of each label (all of a label with fewer), sorted.
+
+    labels: (N,) int. The items of a label are its first ``n`` in a permutation of ``range(N)`` seeded by
+    ``seed``, so the choice for ``n`` is a subset of the choice for any larger ``n`` (a curve over ``n`` varies
+    the size only).
+    """
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    chosen = [perm[labels[perm] == c][:n] for c in labels.unique().tolist()]
+    return torch.cat(chosen).sort().values if chosen else torch.zeros(0, dtype=torch.long)
+
+
 class FashionMNISTDataModule(ImageDataModule):
     """Fashion-MNIST, ``(channels, 28, 28)`` images, with optional pad-and-crop augmentation.
 
@@ -142,7 +175,12 @@ class FashionMNISTDataModule(ImageDataModule):
         search_paths: folders to look in when no ``root`` is given; ``None``: the Debian package's folder.
         limit_train, limit_val: keep only the first N images of a split after a permutation seeded by ``seed``
             (quick runs); ``matching_dataset()`` follows ``limit_train``.
-        seed: seed of that permutation.
+        seed: seed of that permutation (and of ``train_per_class``'s choice).
+        classes: keep only these classes (indices into :data:`FASHION_MNIST_CLASSES`), relabelled ``0..k-1`` in
+            the order given, in every split; ``None``: all ten. Disjoint lists make a source and a target task.
+        train_per_class: keep N training images of each class (a small target set, like CUB-200's 30 per
+            class), the first N of each class in a permutation seeded by ``seed``: the images for N are a
+            subset of those for any larger N. Applied before ``limit_train``; ``None``: all.
 
     Example, in a LightningCLI config:
 
@@ -166,6 +204,8 @@ class FashionMNISTDataModule(ImageDataModule):
         limit_train: int | None = None,
         limit_val: int | None = None,
         seed: int = 0,
+        classes: list[int] | None = None,
+        train_per_class: int | None = None,
     ) -> None:
         super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if channels < 1:
@@ -179,8 +219,12 @@ class FashionMNISTDataModule(ImageDataModule):
         self.limit_train = limit_train
         self.limit_val = limit_val
         self.seed = seed
-        self.num_classes = len(FASHION_MNIST_CLASSES)
-        self.classes = list(FASHION_MNIST_CLASSES)
+        self.class_indices = _check_classes(classes)
+        if train_per_class is not None and train_per_class < 1:
+            raise ValueError(f"train_per_class must be >= 1 or None, got {train_per_class}")
+        self.train_per_class = train_per_class
+        self.num_classes = len(self.class_indices)
+        self.classes = [FASHION_MNIST_CLASSES[c] for c in self.class_indices]
         self.input_size = (channels, 28, 28)
         self.data_dir = self._find()
         if self.data_dir is None and not download:
@@ -226,8 +270,11 @@ class FashionMNISTDataModule(ImageDataModule):
             if self.data_dir is None:
                 raise FileNotFoundError(self._not_found_message())
         log.info("Fashion-MNIST from %s", self.data_dir)
-        train_x, train_y = _load_split(self.data_dir, "train")
-        val_x, val_y = _load_split(self.data_dir, "t10k")
+        train_x, train_y = _keep_classes(*_load_split(self.data_dir, "train"), self.class_indices)
+        val_x, val_y = _keep_classes(*_load_split(self.data_dir, "t10k"), self.class_indices)
+        if self.train_per_class is not None:
+            keep = per_class_indices(train_y, self.train_per_class, self.seed)
+            train_x, train_y = train_x[keep], train_y[keep]
         tf = {
             train: grey_transforms(train, 28, FASHION_MNIST_MEAN, FASHION_MNIST_STD, self.augment, self.channels)
             for train in (True, False)

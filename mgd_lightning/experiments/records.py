@@ -1,4 +1,4 @@
-"""Result records of multi-run experiments (``compare``, ``study``): atomic JSON files and CSV / markdown cells."""
+"""Result records of multi-run experiments (studies, ``compare``): atomic JSON files and CSV / markdown cells."""
 
 from __future__ import annotations
 
