@@ -6,12 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-backends lint bench demo study fashion-mnist clean
+.PHONY: install test test-backends lint bench demo study transfer fashion-mnist clean
 
 $(STAMP): setup.py setup.cfg requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -c requirements/constraints.txt torch torchvision
-	$(PY) -m pip install --disable-pip-version-check -q -c requirements/constraints.txt -e '.[dev,notebooks,timm]'
+	$(PY) -m pip install --disable-pip-version-check -q -c requirements/constraints.txt -e '.[dev,notebooks,timm,detection]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -67,6 +67,12 @@ demo: $(STAMP) fashion-mnist
 STUDY_ARGS ?=
 study: $(STAMP) fashion-mnist
 	$(VENV)/bin/mgd-lightning study $(STUDY_ARGS)
+
+# The transfer study (results/transfer-cpu: pre-trained students fine-tuned on 30 images per class; resumable).
+# TRANSFER_ARGS="--setting transfer-gpu" on a GPU.
+TRANSFER_ARGS ?= --setting transfer-cpu
+transfer: $(STAMP) fashion-mnist
+	$(VENV)/bin/mgd-lightning study $(TRANSFER_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/solver.py

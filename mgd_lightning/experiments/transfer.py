@@ -35,6 +35,7 @@ from mgd_lightning.distillers import KD_RECIPES
 from .claims import paired, t_interval
 from .records import load_json, plus_minus, write_json_atomic
 from .reports import mean_std
+from .runner import run_jobs
 from .scratch import STUDENT, TEACHER, Row, build_method, fashion_data, final_errors, run_result, trainer_for
 from .study import RESULT_FILE, Study
 
@@ -113,22 +114,21 @@ class TransferSetting:
     num_workers: int = 0
     jobs: int = 2
     threads: int = 1
-    teacher_threads: int = 2
     rows: tuple[str, ...] = tuple(ROWS)
 
 
 SETTINGS: dict[str, TransferSetting] = {
     # 2 CPU cores: two runs at a time, one thread each.
-    "transfer-cpu": TransferSetting(per_class=30, epochs=30, lr_milestones=(20, 26), pretrain_images=None,
-                                    pretrain_epochs=3, pretrain_lr_milestones=(2,), seeds=tuple(range(8))),
+    "transfer-cpu": TransferSetting(per_class=30, epochs=30, lr_milestones=(20, 26), pretrain_images=15_000,
+                                    pretrain_epochs=2, pretrain_lr_milestones=(1,), seeds=tuple(range(8))),
     # A GPU: longer pre-training and fine-tuning, ten seeds.
     "transfer-gpu": TransferSetting(per_class=30, epochs=60, lr_milestones=(40, 52), pretrain_images=None,
                                     pretrain_epochs=15, pretrain_lr_milestones=(8, 12), seeds=tuple(range(10)),
-                                    accelerator="auto", num_workers=2, jobs=1, threads=4, teacher_threads=4),
+                                    accelerator="auto", num_workers=2, jobs=1, threads=4),
     # Seconds: the machinery end to end (tests).
     "transfer-smoke": TransferSetting(per_class=4, epochs=2, lr_milestones=(1,), pretrain_images=256,
                                       pretrain_epochs=1, pretrain_lr_milestones=(1,), seeds=(0, 1), val_images=100,
-                                      jobs=1, threads=1, teacher_threads=1,
+                                      jobs=1, threads=1,
                                       rows=("fs", "ft", "mgd_amp", "ft_10", "mgd_amp_10")),
 }
 
@@ -192,58 +192,71 @@ def _cached(path: Path, what: str) -> dict[str, Any] | None:
     return None
 
 
-def pretrain(setting: TransferSetting, out: Path, root: str | None = None) -> None:
-    """Pre-train the teacher and the student on the source task, then fine-tune the teacher on each target size.
+def _pretrain_one(kind: str, per_class: int | None, setting: TransferSetting, out: Path,
+                  root: str | None) -> dict[str, Any]:
+    """Train one shared model (seed 0) into ``out/pretrained/<name>.pt`` + ``.json``; returns the record.
 
-    Everything is trained once (seed 0) into ``out/pretrained`` (``<name>.pt`` and ``<name>.json``) and reused.
+    ``kind``: ``"teacher"`` / ``"student"`` pre-trained on the source task (``per_class`` ``None``), or
+    ``"teacher"`` fine-tuned on ``per_class`` target images per class from the source teacher.
     """
     from mgd_lightning._lightning import pl
     from mgd_lightning.distill.classifier import ClassificationModule
     from mgd_lightning.models import build_model
 
-    torch.set_num_threads(setting.teacher_threads)
-    folder = out / "pretrained"
-    folder.mkdir(parents=True, exist_ok=True)
-    models = {"teacher": TEACHER, "student": STUDENT} if _needs_teacher(setting) else {"student": STUDENT}
-    for who, spec in models.items():
-        path = folder / f"{who}_source.pt"
-        if _cached(path, f"{who} on the source task"):
-            continue
-        start = time.perf_counter()
-        pl.seed_everything(0, verbose=False)
+    folder, spec = out / "pretrained", TEACHER if kind == "teacher" else STUDENT
+    name = f"{kind}_source" if per_class is None else f"{kind}_target_{per_class}"
+    start = time.perf_counter()
+    pl.seed_everything(0, verbose=False)
+    if per_class is None:
         dm = fashion_data(setting.pretrain_batch_size, setting.num_workers, root,
                           classes=list(setting.source_classes), limit_train=setting.pretrain_images,
                           limit_val=setting.val_images)
-        module = ClassificationModule(build_model(num_classes=dm.num_classes, **spec), lr=setting.pretrain_lr,
-                                      lr_milestones=list(setting.pretrain_lr_milestones))
-        log.info("%s: pre-training %s on the source task (%s images, %d epochs)", who, spec,
-                 setting.pretrain_images or "all", setting.pretrain_epochs)
-        top1, top5 = _train(module, dm, setting.pretrain_epochs, setting.accelerator)
-        torch.save(module.model.state_dict(), path)
-        write_json_atomic(path.with_suffix(".json"), {
-            "top1_err": top1, "top5_err": top5, "wall_s": time.perf_counter() - start, "model": spec,
-            "classes": list(setting.source_classes), "train_images": setting.pretrain_images,
-            "epochs": setting.pretrain_epochs})
-        log.info("%s: %.2f %% top-1 error on the source test set, %.0f s", who, top1, time.perf_counter() - start)
-    if not _needs_teacher(setting):
-        return
-    for n in _sizes(setting):
-        path = folder / f"teacher_target_{n}.pt"
-        if _cached(path, f"teacher fine-tuned on {n} per class"):
-            continue
-        start = time.perf_counter()
-        pl.seed_everything(0, verbose=False)
-        dm = _target_data(setting, n, root)
-        teacher = load_backbone(build_model(num_classes=dm.num_classes, **TEACHER),
-                                torch.load(folder / "teacher_source.pt", map_location="cpu", weights_only=True))
-        module = ClassificationModule(teacher, lr=setting.lr, lr_milestones=list(setting.lr_milestones))
-        top1, top5 = _train(module, dm, setting.epochs, setting.accelerator)
-        torch.save(module.model.state_dict(), path)
-        write_json_atomic(path.with_suffix(".json"), {
-            "top1_err": top1, "top5_err": top5, "wall_s": time.perf_counter() - start, "model": TEACHER,
-            "per_class": n, "epochs": setting.epochs})
-        log.info("teacher fine-tuned on %d per class: %.2f %% top-1 error, %.0f s", n, top1,
-                 time.perf_counter() - start)
+        model = build_model(num_classes=dm.num_classes, **spec)
+        lr, milestones, epochs = setting.pretrain_lr, setting.pretrain_lr_milestones, setting.pretrain_epochs
+    else:
+        dm = _target_data(setting, per_class, root)
+        model = load_backbone(build_model(num_classes=dm.num_classes, **spec),
+                              torch.load(folder / f"{kind}_source.pt", map_location="cpu", weights_only=True))
+        lr, milestones, epochs = setting.lr, setting.lr_milestones, setting.epochs
+    log.info("%s: training %s (%d epochs)", name, spec, epochs)
+    module = ClassificationModule(model, lr=lr, lr_milestones=list(milestones))
+    top1, top5 = _train(module, dm, epochs, setting.accelerator)
+    torch.save(module.model.state_dict(), folder / f"{name}.pt")
+    record = {"name": name, "top1_err": top1, "top5_err": top5, "wall_s": time.perf_counter() - start,
+              "model": spec, "classes": list(setting.source_classes if per_class is None else setting.target_classes),
+              "train_images": setting.pretrain_images if per_class is None else None, "per_class": per_class,
+              "epochs": epochs, "threads": torch.get_num_threads()}
+    write_json_atomic(folder / f"{name}.json", record)
+    return record
+
+
+def pretrain(setting: TransferSetting, out: Path, root: str | None = None) -> None:
+    """Pre-train the teacher and the student on the source task, then fine-tune the teacher on each target size.
+
+    Everything is trained once (seed 0) into ``out/pretrained`` (``<name>.pt`` and ``<name>.json``) and reused;
+    ``setting.jobs`` at a time with ``setting.threads`` threads each, as the runs (one thread per job is also
+    what keeps a busy machine from slowing them down several-fold: more threads than free cores spin).
+    """
+    (out / "pretrained").mkdir(parents=True, exist_ok=True)
+    kinds = ("teacher", "student") if _needs_teacher(setting) else ("student",)
+    stages = [[(kind, None) for kind in kinds]]
+    if _needs_teacher(setting):
+        stages.append([("teacher", n) for n in _sizes(setting)])
+
+    def todo(kind: str, per_class: int | None) -> bool:
+        name = f"{kind}_source" if per_class is None else f"{kind}_target_{per_class}"
+        return _cached(out / "pretrained" / f"{name}.pt", name) is None
+
+    def done(record: dict[str, Any]) -> None:
+        log.info("%s: %.2f %% top-1 error, %.0f s", record["name"], record["top1_err"], record["wall_s"])
+
+    for stage in stages:
+        jobs = [(kind, n, setting, out, root) for kind, n in stage if todo(kind, n)]
+        failed = run_jobs(jobs, _pretrain_one, processes=min(setting.jobs, len(jobs)), threads=setting.threads,
+                          on_done=done, fail_fast=setting.jobs <= 1,
+                          describe=lambda job: f"{job[0]} {'source' if job[1] is None else job[1]}")
+        if failed:
+            raise RuntimeError(f"pre-training failed: {', '.join(failed)} (see the log above; rerun to retry)")
 
 
 def run_transfer(name: str, seed: int, setting: TransferSetting, out: Path, root: str | None = None) -> dict[str, Any]:
