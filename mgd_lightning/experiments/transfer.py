@@ -121,7 +121,7 @@ class TransferSetting:
 SETTINGS: dict[str, TransferSetting] = {
     # 2 CPU cores: two runs at a time, one thread each.
     "transfer-cpu": TransferSetting(per_class=30, epochs=30, lr_milestones=(20, 26), pretrain_images=15_000,
-                                    pretrain_epochs=2, pretrain_lr_milestones=(1,), seeds=tuple(range(8))),
+                                    pretrain_epochs=2, pretrain_lr_milestones=(1,), seeds=tuple(range(5))),
     # A GPU: longer pre-training and fine-tuning, ten seeds.
     "transfer-gpu": TransferSetting(per_class=30, epochs=60, lr_milestones=(40, 52), pretrain_images=None,
                                     pretrain_epochs=15, pretrain_lr_milestones=(8, 12), seeds=tuple(range(10)),
