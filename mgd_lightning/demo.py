@@ -4,7 +4,7 @@ Fashion-MNIST is read from the Debian package ``dataset-fashion-mnist`` (or a to
 with ``--root``); when it cannot be found, scikit-learn's digits are used instead, with a note.
 The demo prints a table (top-1 error, wall time, matching passes) and writes plots of the matching
 cost per tap over training (paper Fig. 5) and of the fraction of student channels whose match changed
-(Fig. 6) to ``--out``.
+(Fig. 6) to ``--out``. ``--task detection`` runs the detection demo instead (:mod:`mgd_lightning.demo_detection`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +26,11 @@ from mgd_lightning.distill.classifier import ClassificationModule
 from mgd_lightning.distill.module import DistillationModule
 from mgd_lightning.models import build_model
 
-__all__ = ["main", "run_demo"]
+__all__ = ["main", "plot_matching", "run_demo"]
 
 log = logging.getLogger(__name__)
+
+TASKS = ("classification", "detection")
 
 TEACHER = {"name": "cifar_resnet", "arch_args": {"depth": 14, "width": 2}}  # taps 32 / 64 / 128 channels
 STUDENT = {"name": "cifar_resnet", "arch_args": {"depth": 8, "width": 1}}  # taps 16 / 32 / 64 channels
@@ -66,7 +69,10 @@ def _fit(args, name: str, module: pl.LightningModule, dm, epochs: int, callbacks
     return {"name": name, "top1_err": 100.0 * (1.0 - result["val/acc1"]), "wall_s": wall}
 
 
-def _plot(history: list[dict], out: Path) -> list[Path]:
+def plot_matching(history: list[dict], out: Path, x: str = "epoch") -> list[Path]:
+    """Plots of a :class:`MGDMatchingCallback`'s ``history`` in ``out``: the mean matching cost per tap at each update
+    (``matching_cost.png``) and the fraction of student channels whose match changed (``match_changes.png``);
+    ``x``: ``"epoch"`` or ``"step"``, the updates' position on the horizontal axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +80,7 @@ def _plot(history: list[dict], out: Path) -> list[Path]:
     from matplotlib.ticker import MaxNLocator
 
     taps = sorted({k.removeprefix("cost_tap") for r in history for k in r if k.startswith("cost_tap")}, key=int)
-    epochs = [r["epoch"] for r in history]
+    xs = [r[x] for r in history]
     paths = []
     for key, title, ylabel, fname in (
         ("cost_tap", "Matching cost per tap over training (cf. paper Fig. 5)", "mean cost per matched pair",
@@ -84,9 +90,9 @@ def _plot(history: list[dict], out: Path) -> list[Path]:
     ):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for t in taps:
-            ax.plot(epochs, [r[f"{key}{t}"] for r in history], marker="o", label=f"tap {t}")
+            ax.plot(xs, [r[f"{key}{t}"] for r in history], marker="o", label=f"tap {t}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch (matching update at its start)")
+        ax.set_xlabel(f"{x} (matching update at its start)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -140,15 +146,27 @@ def run_demo(args) -> list[dict]:
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps({"data": data_name, "rows": rows, "history": matching.history},
                                                  indent=2))
-    plots = _plot(matching.history, out)
+    plots = plot_matching(matching.history, out)
     print("\n" + text)  # noqa: T201 - the demo's report is its output
     print(f"\nplots: {', '.join(str(p) for p in plots)}")  # noqa: T201
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task", choices=TASKS, default="classification")
+    known, rest = task.parse_known_args(argv)
+    if known.task == "detection":
+        from mgd_lightning.demo_detection import main as detection_main
+
+        detection_main(rest)
+        return
     parser = argparse.ArgumentParser(prog="mgd-lightning demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=TASKS, default="classification",
+                        help="classification (this demo) or detection (RetinaNet on synthetic shapes in the COCO "
+                             "layout: mgd-lightning demo --task detection --help)")
     parser.add_argument("--out", default="demo_out", help="output folder (table, JSON, plots, CSV logs)")
     parser.add_argument("--root", default=None, help="a folder with the Fashion-MNIST IDX files")
     parser.add_argument("--train-images", type=int, default=15000)
@@ -160,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--loss-factor", type=float, default=1000.0)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     run_demo(args)
 

@@ -22,6 +22,17 @@ the training steps' own features of the epochs since the last update (augmented 
 train mode), and the next update solves on them. The first update of a ``fit`` (a resume included: the
 accumulated costs are not checkpointed) still runs the pass.
 
+Step-based schedule (detection). ``update_every_n_steps=N`` or ``step_schedule=[[start_step, every], ...]``
+(:mod:`mgd_lightning.distill.step_schedule`; the reference detection code's ``[[0, 5000], [20000, 31000]]``) update
+the matching before the training batches of those global steps instead of at epoch starts (the epoch schedule,
+``update_every_n_epochs``, is then not used). The first update of a run is at its first step. The step of the last
+update is in the callback's ``state_dict``, so ``fit(ckpt_path=...)`` goes on with the schedule (a checkpoint
+written right after an update does not repeat it). Each update draws its subset with ``seed + step``.
+
+Detection batches. The pass reads inputs and counts images through the module's task
+(:mod:`mgd_lightning.tasks`): lists of images of different sizes with their targets work as classification
+batches do, with the training loader's ``collate_fn``, the same sharding and the same one gather per update.
+
 Schedule across ``fit`` calls. A ``fit`` without ``ckpt_path`` (the first one, a notebook re-run with a new
 Trainer, fine-tuning after ``load_from_checkpoint``) is a new run: the matching is updated at its first epoch,
 then every ``update_every_n_epochs`` of its own epochs (the module's ``last_matching_epoch`` is reset at fit
@@ -46,8 +57,8 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from mgd_lightning._lightning import isolate_rng, pl, rank_zero_warn
 from mgd_lightning.matching import METRICS, assignment_cost, channel_cost
 
-from .classifier import split_batch
 from .module import DistillationModule
+from .step_schedule import check_step_schedule, is_scheduled_step
 
 __all__ = ["MGDMatchingCallback", "MODES"]
 
@@ -72,6 +83,11 @@ class MGDMatchingCallback(pl.Callback):
             (costs accumulated from the training forwards between updates; no extra pass).
         student_bn_in_cost: ``False`` (default, reference code): the cost uses the raw student taps;
             ``True``: the taps after the student-side BatchNorm (in eval mode for the pass).
+        update_every_n_steps: update every N training steps (from step 0) instead of by epochs; the shorthand
+            of ``step_schedule=[[0, N]]``.
+        step_schedule: ``[[start_step, every], ...]``: from each ``start_step`` on, update every ``every`` steps
+            (:mod:`~mgd_lightning.distill.step_schedule`; the reference detection schedule is
+            ``[[0, 5000], [20000, 31000]]``). ``None`` (default) with ``update_every_n_steps=None``: by epochs.
 
     Attributes:
         history: one dict per update (epoch, step, images, pass and solve seconds, and per tap the
@@ -95,9 +111,26 @@ class MGDMatchingCallback(pl.Callback):
         progress_bar: bool = True,
         mode: str = "pass",
         student_bn_in_cost: bool = False,
+        update_every_n_steps: int | None = None,
+        step_schedule: list[list[int]] | None = None,
     ) -> None:
         if update_every_n_epochs < 1:
             raise ValueError(f"update_every_n_epochs must be >= 1; got {update_every_n_epochs}")
+        if update_every_n_steps is not None and step_schedule is not None:
+            raise ValueError(
+                f"give update_every_n_steps (got {update_every_n_steps}) or step_schedule (got {step_schedule}), "
+                "not both: update_every_n_steps=N is step_schedule=[[0, N]]"
+            )
+        if update_every_n_steps is not None:
+            if isinstance(update_every_n_steps, bool) or int(update_every_n_steps) != update_every_n_steps \
+                    or update_every_n_steps < 1:
+                raise ValueError(f"update_every_n_steps must be an integer >= 1 or None; got {update_every_n_steps!r}")
+            step_schedule = [[0, int(update_every_n_steps)]]
+        #: the checked ``(start_step, every)`` segments, or ``None``: updates by epochs
+        self.step_schedule = check_step_schedule(step_schedule) if step_schedule is not None else None
+        self.update_every_n_steps = update_every_n_steps
+        #: global step of the latest update of this run (step schedule; -1: none yet); in the state_dict
+        self.last_update_step = -1
         if num_samples is not None and num_samples < 1:
             raise ValueError(f"num_samples must be >= 1 or None (whole training set); got {num_samples}")
         if metric not in METRICS:
@@ -125,10 +158,23 @@ class MGDMatchingCallback(pl.Callback):
         last = int(pl_module.last_matching_epoch)
         return last < 0 or epoch - last >= self.update_every_n_epochs
 
+    def is_due_at_step(self, step: int) -> bool:
+        """Step schedule: whether the matching is updated before the training batch of global step ``step``."""
+        if step == self.last_update_step:  # already done at this step (gradient accumulation, a resume)
+            return False
+        return self.last_update_step < 0 or is_scheduled_step(step, self.step_schedule)
+
+    @staticmethod
+    def _matches(pl_module: pl.LightningModule) -> bool:
+        # plain training, or matching=False (the fixed grouping ablation): nothing to match
+        return isinstance(pl_module, DistillationModule) and pl_module.assignment is not None
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not isinstance(pl_module, DistillationModule) or pl_module.assignment is None:
-            return  # plain training, or matching=False (the fixed grouping ablation): nothing to match
-        if self.is_due(trainer.current_epoch, pl_module):
+        if self.step_schedule is None and self._matches(pl_module) and self.is_due(trainer.current_epoch, pl_module):
+            self.update_matching(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if self.step_schedule is not None and self._matches(pl_module) and self.is_due_at_step(trainer.global_step):
             self.update_matching(trainer, pl_module)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -144,6 +190,7 @@ class MGDMatchingCallback(pl.Callback):
         # 8-epoch one got none), so the schedule restarts. With ckpt_path the checkpoint's schedule goes on.
         if trainer.ckpt_path is None:
             pl_module.last_matching_epoch.fill_(-1)
+            self.last_update_step = -1
 
     # ------------------------------------------------------------------ online accumulation
 
@@ -200,17 +247,23 @@ class MGDMatchingCallback(pl.Callback):
         n = dataset_size if self.num_samples is None else min(self.num_samples, dataset_size)
         return torch.tensor_split(order[:n], world_size)[rank]
 
+    def _draw(self, trainer: pl.Trainer) -> int:
+        """What the subset seed adds to ``seed``: the epoch, or the global step under a step schedule."""
+        return trainer.current_epoch if self.step_schedule is None else trainer.global_step
+
     def compute_costs(self, trainer: pl.Trainer, pl_module: DistillationModule) -> tuple[list[torch.Tensor], int]:
         """This rank's share of the pass: per-tap float64 cost sums and the image count."""
         dataset, batch_size, num_workers, collate = self._dataset_and_loader_args(trainer)
-        indices = self.subset_indices(len(dataset), trainer.current_epoch, trainer.global_rank, trainer.world_size)
+        draw = self._draw(trainer)
+        indices = self.subset_indices(len(dataset), draw, trainer.global_rank, trainer.world_size)
         self.last_indices = indices.tolist()
         loader = DataLoader(
             Subset(dataset, self.last_indices), batch_size=batch_size, shuffle=False,
             num_workers=num_workers, collate_fn=collate,
             # its own generator: the loader's worker base seed is not drawn from the global torch RNG
-            generator=torch.Generator().manual_seed(self.seed + trainer.current_epoch),
+            generator=torch.Generator().manual_seed(self.seed + draw),
         )
+        task = pl_module.task
         device = pl_module.device
         costs = [torch.zeros(c_s, c_t, dtype=torch.float64, device=device) for c_s, c_t, _, _ in pl_module.tap_shapes]
         count = torch.zeros((), dtype=torch.float64, device=device)
@@ -224,13 +277,13 @@ class MGDMatchingCallback(pl.Callback):
                 for batch in loader:
                     batch = trainer.precision_plugin.convert_input(batch)
                     batch = trainer.strategy.batch_to_device(batch)
-                    x, _ = split_batch(batch)
+                    x, _ = task.split(batch)
                     with trainer.precision_plugin.forward_context():
                         _, _, s_feats, t_feats = pl_module.forward_features(x, student_bn=self.student_bn_in_cost)
                     with torch.autocast(device_type=device.type, enabled=False):
                         for cost, s, t in zip(costs, s_feats, t_feats):
                             cost += channel_cost(s, t, self.metric, dtype=torch.float64)
-                    count += x.shape[0]
+                    count += task.batch_size(x)
                     if bar is not None:
                         bar.update(1)
         finally:
@@ -297,6 +350,7 @@ class MGDMatchingCallback(pl.Callback):
             pairs = new.numel() * max(num_images, 1)
             record[f"cost_tap{k}"] = assignment_cost(cost, new) / pairs if finite else float("nan")
         pl_module.last_matching_epoch.fill_(trainer.current_epoch)
+        self.last_update_step = trainer.global_step
         self.last_costs = costs
         self.last_num_images = num_images
         self.history.append(record)
@@ -308,7 +362,8 @@ class MGDMatchingCallback(pl.Callback):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(r) for r in self.history]}
+        return {"history": [dict(r) for r in self.history], "last_update_step": self.last_update_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(r) for r in state_dict.get("history", [])]
+        self.last_update_step = int(state_dict.get("last_update_step", -1))

@@ -22,39 +22,19 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy
 
 from mgd_lightning._lightning import PossibleUserWarning, pl
+from mgd_lightning.tasks import Task, resolve_task
+from mgd_lightning.tasks.base import total_loss
+from mgd_lightning.tasks.classification import infer_num_classes, split_batch
 
-__all__ = ["ClassificationModule", "WarmupMultiStepLR", "split_batch", "infer_num_classes"]
+__all__ = ["ClassificationModule", "LR_INTERVALS", "WarmupMultiStepLR", "split_batch", "infer_num_classes"]
+
+#: units of ``lr_milestones`` and the warm-up: epochs (classification recipes) or optimizer steps (detection)
+LR_INTERVALS = ("epoch", "step")
 
 #: learning-rate factor at the first warm-up epoch (reference ``cls/main_mgd.py``: ``warmup_factor=0.1``).
 WARMUP_START_FACTOR = 0.1
-
-
-def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(inputs, targets)`` from a batch given as a tensor, a (x, y, ...) sequence or a dict."""
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, (list, tuple)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    if isinstance(batch, dict):
-        for xk, yk in (("image", "label"), ("x", "y"), ("input", "target")):
-            if xk in batch:
-                return batch[xk], batch.get(yk)
-    raise ValueError(
-        f"cannot find inputs in a batch of type {type(batch).__name__}: use a tensor, an (x, y) tuple, "
-        "or a dict with 'image'/'label' keys"
-    )
-
-
-def infer_num_classes(model: nn.Module) -> int:
-    """Output width of the model's last ``nn.Linear`` (the classifier head)."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"cannot infer num_classes of {type(model).__name__} (no nn.Linear head); pass num_classes")
-    return linears[-1].out_features
 
 
 class _WarmupMultiStepFactor:
@@ -130,7 +110,17 @@ class ClassificationModule(pl.LightningModule):
         warmup_epochs: linear warm-up from 0.1 x ``lr`` over this many epochs (:class:`WarmupMultiStepLR`,
             the reference ``--warmup 1``, 10 epochs, on ImageNet); 0 (default): none. ``lr_milestones``
             count from epoch 0, warm-up included.
-        num_classes: for the metrics; default: the width of the model's last linear layer.
+        num_classes: for the metrics; default: the width of the model's last linear layer (classification only).
+        task: ``"classification"`` (default) or ``"detection"`` (a torchvision detector, ``(images, targets)``
+            batches, its own losses, COCO AP as ``val/map``, ...), or a :class:`~mgd_lightning.tasks.Task`
+            (:mod:`mgd_lightning.tasks`).
+        lr_interval: ``"epoch"`` (default): ``lr_milestones`` and ``warmup_epochs`` count epochs, the rate changes
+            once per epoch; ``"step"``: ``lr_milestones`` count optimizer steps and the warm-up lasts
+            ``warmup_steps`` steps (Detectron2's iteration schedules: milestones 60k / 80k of 90k, 1,000 warm-up
+            steps from ``warmup_factor = 0.001``).
+        warmup_steps: linear warm-up length in steps (``lr_interval="step"`` only).
+        warmup_factor: learning-rate factor at the start of the warm-up (0.1: the reference classification code;
+            Detectron2: 0.001).
 
     Example YAML (``mgd-lightning fit --config ...``)::
 
@@ -152,25 +142,36 @@ class ClassificationModule(pl.LightningModule):
         lr_gamma: float = 0.1,
         num_classes: int | None = None,
         warmup_epochs: int = 0,
+        task: str | Task = "classification",
+        lr_interval: str = "epoch",
+        warmup_steps: int = 0,
+        warmup_factor: float = WARMUP_START_FACTOR,
     ) -> None:
         super().__init__()
         if lr <= 0:
             raise ValueError(f"lr must be > 0; got {lr}")
         if isinstance(warmup_epochs, bool) or int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an integer >= 0; got {warmup_epochs!r}")
+        if lr_interval not in LR_INTERVALS:
+            raise ValueError(f"lr_interval must be one of {LR_INTERVALS}; got {lr_interval!r}")
+        if isinstance(warmup_steps, bool) or int(warmup_steps) != warmup_steps or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0; got {warmup_steps!r}")
+        if lr_interval == "epoch" and warmup_steps:
+            raise ValueError(f"warmup_steps={warmup_steps} needs lr_interval='step' (use warmup_epochs with 'epoch')")
+        if lr_interval == "step" and warmup_epochs:
+            raise ValueError(f"warmup_epochs={warmup_epochs} needs lr_interval='epoch' (use warmup_steps with 'step')")
+        if not 0 < warmup_factor <= 1:
+            raise ValueError(f"warmup_factor must be in (0, 1]; got {warmup_factor}")
         self.warmup_epochs = int(warmup_epochs)
-        self.save_hyperparameters(ignore=["model", "teacher", "student"])
+        # a Task instance is not a hyperparameter a checkpoint can hold (LightningCLI stores its class_path instead)
+        self.save_hyperparameters(ignore=["model", "teacher", "student"] + ([] if isinstance(task, str) else ["task"]))
         self.model = model
-        num_classes = int(num_classes or infer_num_classes(model))
-        top_k = min(5, num_classes)
-        self.metrics = nn.ModuleDict({
-            f"{stage}_{name}": MulticlassAccuracy(num_classes, top_k=k, average="micro")  # images right / images
-            for stage in ("val", "test") for name, k in (("acc1", 1), (f"acc{top_k}", top_k))
-        })
-        self._top_k = top_k
-        #: lowest top-1 error (%) over the validation epochs so far, and the top-k error (%) of that epoch.
+        self.task = resolve_task(task)
+        #: lowest top-1 error (%) over the validation epochs so far, and the top-k error (%) of that epoch
+        #: (classification).
         self.best_err1: float | None = None
         self.best_errk: float | None = None
+        self.task.setup_metrics(self, model, num_classes)
 
     def on_fit_start(self) -> None:
         # A frozen teacher is in eval mode by design; Lightning's generic warning about modules in eval
@@ -181,36 +182,29 @@ class ClassificationModule(pl.LightningModule):
         return self.model(x)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = split_batch(batch)
-        loss = F.cross_entropy(self.model(x), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        inputs, targets = self.task.split(batch)
+        terms = self.task.loss_terms(self.task.forward(self.model, inputs, targets), targets)
+        loss = total_loss(terms)
+        size = self.task.batch_size(inputs)
+        if len(terms) > 1:  # detection: each of the detector's losses too
+            self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=False,
+                          batch_size=size)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=size)
         return loss
 
     def _eval_step(self, batch, stage: str) -> None:
-        x, y = split_batch(batch)
-        logits = self.model(x)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True, batch_size=x.shape[0])
-        for name in ("acc1", f"acc{self._top_k}"):
-            metric = self.metrics[f"{stage}_{name}"]
-            metric(logits, y)
-            self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "acc1")
+        self.task.eval_step(self, batch, stage)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        """Track and log ``val/best_err1`` and ``val/best_err{k}`` (see the class docstring)."""
-        if self.trainer.sanity_checking:
-            return
-        top1, topk = self.metrics["val_acc1"], self.metrics[f"val_acc{self._top_k}"]
-        if not top1.update_called:  # no validation batch this epoch
-            return
-        err1 = 100.0 * (1.0 - float(top1.compute()))
-        if self.best_err1 is None or err1 < self.best_err1:
-            self.best_err1 = err1
-            self.best_errk = 100.0 * (1.0 - float(topk.compute()))
-        self.log("val/best_err1", self.best_err1, sync_dist=True)
-        self.log(f"val/best_err{self._top_k}", self.best_errk, sync_dist=True)
+        """Classification: track and log ``val/best_err1`` and ``val/best_err{k}`` (see the class docstring);
+        detection: compute and log the COCO AP of the epoch."""
+        self.task.on_eval_epoch_end(self, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.task.on_eval_epoch_end(self, "test")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_errors"] = {"err1": self.best_err1, "errk": self.best_errk}
@@ -222,13 +216,12 @@ class ClassificationModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """The predicted class of each image and its probability: ``{"class_id": (B,) int64, "probability":
-        (B,), "probabilities": (B, num_classes)}`` (softmax of the logits); written to a CSV file by
-        :class:`~mgd_lightning.distill.prediction_writer.PredictionWriter` (``mgd-lightning predict``)."""
-        probabilities = self.model(split_batch(batch)[0]).softmax(dim=-1)
-        probability, class_id = probabilities.max(dim=-1)
-        return {"class_id": class_id, "probability": probability, "probabilities": probabilities}
+    def predict_step(self, batch, batch_idx: int) -> Any:
+        """Classification: the predicted class of each image and its probability: ``{"class_id": (B,) int64,
+        "probability": (B,), "probabilities": (B, num_classes)}`` (softmax of the logits); written to a CSV file by
+        :class:`~mgd_lightning.distill.prediction_writer.PredictionWriter` (``mgd-lightning predict``). Detection:
+        the detector's list of ``{"boxes", "scores", "labels"}`` per image."""
+        return self.task.predict(self.model, batch)
 
     def trainable_modules(self) -> list[nn.Module]:
         """Modules whose parameters the optimiser updates."""
@@ -244,10 +237,13 @@ class ClassificationModule(pl.LightningModule):
             params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0,
             weight_decay=hp.weight_decay,
         )
-        if self.warmup_epochs:
+        interval = hp.get("lr_interval", "epoch")
+        warmup = self.warmup_epochs if interval == "epoch" else int(hp.get("warmup_steps", 0))
+        if warmup:
             scheduler: torch.optim.lr_scheduler.LRScheduler = WarmupMultiStepLR(
-                optimizer, list(hp.lr_milestones), gamma=hp.lr_gamma, warmup_epochs=self.warmup_epochs
+                optimizer, list(hp.lr_milestones), gamma=hp.lr_gamma, warmup_epochs=warmup,
+                warmup_factor=hp.get("warmup_factor", WARMUP_START_FACTOR),
             )
         else:
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(hp.lr_milestones), gamma=hp.lr_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

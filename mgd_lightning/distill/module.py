@@ -38,15 +38,16 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mgd_lightning.distillers import DISTILLERS, FEATURE_DISTILLERS
 from mgd_lightning.losses import kd_loss, margin_from_bn, partial_l2
 from mgd_lightning.matching import balanced_assignment, contiguous_groups, sparse_assignment
 from mgd_lightning.reduction import MARGIN_REDUCTIONS, METHODS, reduce_teacher_and_margin
+from mgd_lightning.tasks import Task
+from mgd_lightning.tasks.base import total_loss
 
 from .auto_taps import pair_by_size
-from .classifier import ClassificationModule, split_batch
+from .classifier import WARMUP_START_FACTOR, ClassificationModule
 from .rng import get_rng_states, set_rng_states
 from .taps import FeatureTaps, Tap, batchnorm_before_taps, preset_taps, resolve_taps
 
@@ -124,6 +125,12 @@ class DistillationModule(ClassificationModule):
         save_teacher: write the frozen teacher into checkpoints too (one self-contained file). Default
             ``False``: lean checkpoints without ``teacher.*`` keys; the teacher is given again at load time
             (see the module docstring).
+        task: ``"classification"`` (default) or ``"detection"`` (:mod:`mgd_lightning.tasks`): torchvision detectors
+            (e.g. :func:`mgd_lightning.models.build_detector`), taps in their backbone bodies, ``(images, targets)``
+            batches, the student's own detection losses in place of the cross-entropy (weighted by ``ce_weight``,
+            logged as ``train/<loss name>``), COCO AP on validation. KD needs logits: classification only.
+        lr_interval, warmup_steps, warmup_factor: an iteration schedule (detection:
+            :class:`~mgd_lightning.distill.classifier.ClassificationModule`).
     """
 
     def __init__(
@@ -153,6 +160,10 @@ class DistillationModule(ClassificationModule):
         num_classes: int | None = None,
         warmup_epochs: int = 0,
         save_teacher: bool = False,
+        task: str | Task = "classification",
+        lr_interval: str = "epoch",
+        warmup_steps: int = 0,
+        warmup_factor: float = WARMUP_START_FACTOR,
     ) -> None:
         if reducer not in METHODS:
             raise ValueError(f"reducer must be one of {METHODS}; got {reducer!r}")
@@ -169,7 +180,17 @@ class DistillationModule(ClassificationModule):
         super().__init__(
             student, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
             lr_milestones=lr_milestones, lr_gamma=lr_gamma, num_classes=num_classes, warmup_epochs=warmup_epochs,
+            task=task, lr_interval=lr_interval, warmup_steps=warmup_steps, warmup_factor=warmup_factor,
         )
+        if not self.task.has_logits and (kd_weight > 0 or distiller == "kd"):
+            raise ValueError(
+                f"task={self.task.name!r} has no class logits to distil: Hinton KD needs them "
+                f"(got distiller={distiller!r}, kd_weight={kd_weight}); use kd_weight=0 and a feature distiller"
+            )
+        self.task.check_models(teacher, student)
+        # Taps, probes and margins live in each network's tap root (classification: the network; detection:
+        # its backbone body, the bottom-up network before the FPN).
+        t_root, s_root = self.task.tap_root(teacher), self.task.tap_root(student)
         self.teacher = teacher
         self.teacher.requires_grad_(False)
         self.teacher.eval()
@@ -183,12 +204,12 @@ class DistillationModule(ClassificationModule):
         size = tuple(int(v) for v in input_size) if input_size is not None else _default_input_size(student, teacher)
         if len(size) != 3:
             raise ValueError(f"input_size must be (C, H, W), e.g. (3, 32, 32); got {size}")
-        t_taps = resolve_taps(teacher, teacher_taps, "teacher", size)
-        s_taps = resolve_taps(student, student_taps, "student", size)
-        sides = ((teacher, teacher_taps), (student, student_taps))
+        t_taps = resolve_taps(t_root, teacher_taps, "teacher", size)
+        s_taps = resolve_taps(s_root, student_taps, "student", size)
+        sides = ((t_root, teacher_taps), (s_root, student_taps))
         if any(taps is None and preset_taps(m) is None for m, taps in sides):
             # automatic taps (one per stage) on either side: the stages of equal spatial size are paired
-            t_taps, s_taps = pair_by_size(teacher, t_taps, student, s_taps, size)
+            t_taps, s_taps = pair_by_size(t_root, t_taps, s_root, s_taps, size)
         elif teacher_taps is None and student_taps is None and len(t_taps) != len(s_taps):
             n = min(len(t_taps), len(s_taps))
             t_taps, s_taps = t_taps[len(t_taps) - n :], s_taps[len(s_taps) - n :]
@@ -197,8 +218,8 @@ class DistillationModule(ClassificationModule):
                 f"teacher and student need as many taps: teacher_taps {[t.module for t in t_taps]} "
                 f"({len(t_taps)}) vs student_taps {[t.module for t in s_taps]} ({len(s_taps)})"
             )
-        self.teacher_taps = FeatureTaps(teacher, t_taps)
-        self.student_taps = FeatureTaps(student, s_taps)
+        self.teacher_taps = FeatureTaps(t_root, t_taps)
+        self.student_taps = FeatureTaps(s_root, s_taps)
         self.num_taps = len(t_taps)
 
         example = torch.zeros(1, *size, device=next(teacher.parameters()).device)
@@ -238,7 +259,7 @@ class DistillationModule(ClassificationModule):
         self.register_buffer("last_matching_epoch", torch.tensor(-1, dtype=torch.long))
 
         # Margins (Eq. 4) from the teacher BN right before each tap (reference: residual-branch BN).
-        bns = batchnorm_before_taps(teacher, t_taps, example)
+        bns = batchnorm_before_taps(t_root, t_taps, example)
         for k, bn in enumerate(bns):
             margin = margin_from_bn(bn).float() if bn is not None else torch.zeros(0)
             if bn is None:
@@ -290,9 +311,9 @@ class DistillationModule(ClassificationModule):
         self.student.eval()
         try:
             with torch.no_grad():
-                self.teacher(example)
+                self.task.tap_root(self.teacher)(example)
                 t_shapes = [f.shape for f in self.teacher_taps.features]
-                self.student(example.to(next(self.student.parameters()).device))
+                self.task.tap_root(self.student)(example.to(next(self.student.parameters()).device))
                 s_shapes = [f.shape for f in self.student_taps.features]
         finally:
             self.student.train(was_training)
@@ -503,14 +524,14 @@ class DistillationModule(ClassificationModule):
         return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
 
     # ------------------------------------------------------------------ forward and losses
-    def forward_features(self, x: torch.Tensor, student_bn: bool = True):
-        """One forward of each network. Returns ``(student_logits, teacher_logits, student_feats,
-        teacher_feats)``; student features have passed the student-side BN unless ``student_bn=False``
-        (the raw taps, which the matching cost uses); no teacher gradients."""
-        with torch.no_grad():
-            t_logits = self.teacher(x)
-            t_feats = self.teacher_taps.features
-        s_logits = self.student(x)
+    def forward_features(self, x, student_bn: bool = True, targets=None):
+        """One forward of each network (:meth:`Task.forward_pair <mgd_lightning.tasks.Task.forward_pair>`).
+        Returns ``(student_outputs, teacher_outputs, student_feats, teacher_feats)``: classification the two
+        logits; detection the student's loss dict in training with ``targets`` (else ``None``) and ``None``.
+        Student features have passed the student-side BN unless ``student_bn=False`` (the raw taps, which the
+        matching cost uses); no teacher gradients."""
+        s_logits, t_logits = self.task.forward_pair(self.teacher, self.student, x, targets, self.student_taps)
+        t_feats = self.teacher_taps.features
         s_feats = self.student_taps.features
         if student_bn:
             s_feats = self.apply_student_bn(s_feats)
@@ -535,16 +556,18 @@ class DistillationModule(ClassificationModule):
         return losses
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = split_batch(batch)
-        s_logits, t_logits, raw_feats, t_feats = self.forward_features(x, student_bn=False)
+        x, y = self.task.split(batch)
+        s_logits, t_logits, raw_feats, t_feats = self.forward_features(x, student_bn=False, targets=y)
         s_feats = self.apply_student_bn(raw_feats)
         if self.keep_train_features is not None:
             kept = raw_feats if self.keep_train_features == "raw" else s_feats
             self.last_train_features = ([f.detach() for f in kept], [f.detach() for f in t_feats])
-        ce = F.cross_entropy(s_logits, y)
-        loss = self.ce_weight * ce if self.ce_weight != 1.0 else ce
-        logs = {"train/ce": ce.detach()}
-        terms = {"ce": ce}
+        # the task loss: classification the cross-entropy ("ce"), detection the detector's own losses
+        terms = self.task.loss_terms(s_logits, y)
+        task_loss = total_loss(terms)
+        loss = self.ce_weight * task_loss if self.ce_weight != 1.0 else task_loss
+        logs = {f"train/{k}": v.detach() for k, v in terms.items()}
+        terms = dict(terms)
         if self.distill_weight > 0:
             per_tap = self.distillation_losses(s_feats, t_feats)
             distill = torch.stack(per_tap).sum()
@@ -561,7 +584,7 @@ class DistillationModule(ClassificationModule):
             terms["kd"] = kd
         logs["train/loss"] = loss.detach()
         self._track_finite(terms)
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=x.shape[0])
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=self.task.batch_size(x))
         return loss
 
     def trainable_modules(self) -> list[nn.Module]:

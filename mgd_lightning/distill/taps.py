@@ -43,6 +43,15 @@ package models              output of the ``nn.Identity`` modules listed    decl
 CIFAR ResNet)
 ==========================  ==============================================  ===============================
 
+Detection (:mod:`mgd_lightning.tasks.detection`): the taps are those of the backbone *body* of a torchvision
+detector (``model.backbone.body``, the bottom-up network the FPN reads; names relative to it), never the FPN
+outputs, as the reference detection code (``d2/``: c2-c5, FPN levels ignored). A ResNet body gets the ResNet
+preset (input of ``layerK[-1].relu``: the pre-ReLU c2-c5), a MobileNet-V2 body the torchvision MobileNet-V2
+preset on its units (``3/6/13/17.conv.1.1``); a body may declare ``distillation_taps`` itself (names, or
+``"name:input"``), as :func:`mgd_lightning.models.build_detector` does for the reference code's MobileNet-V2.
+BatchNorm before a tap may be torchvision's ``FrozenBatchNorm2d`` (detection backbones): its affine
+parameters give the margins as a BatchNorm's do.
+
 Any other CNN gets automatic taps, the last pre-activation tensor of each resolution stage, found by
 tracing a probe forward (:func:`mgd_lightning.distill.auto_taps.auto_taps`, used by :func:`resolve_taps`).
 
@@ -71,6 +80,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torchvision.models as tvm
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 __all__ = ["Tap", "FeatureTaps", "preset_taps", "resolve_taps", "batchnorm_before_taps"]
 
@@ -108,10 +119,16 @@ def _resnet_taps(model: tvm.ResNet) -> list[Tap]:
 
 
 def _mobilenet_v2_taps(model: tvm.MobileNetV2) -> list[Tap]:
+    return _mobilenet_v2_unit_taps(model.features, "features.")
+
+
+def _mobilenet_v2_unit_taps(units: nn.Module, prefix: str) -> list[Tap]:
+    """The depthwise-BN taps of torchvision MobileNet-V2 ``units`` (its ``features``, or the body of a detection
+    backbone built on them), named ``<prefix><index>.conv.1.1``."""
     # Inverted units grouped by resolution: a stride-2 unit starts a new group. The first group
     # (the stem's 112 px resolution) is skipped, as in the paper.
-    groups: list[list[int]] = []
-    for idx, unit in enumerate(model.features):
+    groups: list[list[str]] = []
+    for idx, unit in units.named_children():
         if not isinstance(unit, tvm.mobilenetv2.InvertedResidual):
             continue
         if unit.stride == 2 or not groups:
@@ -121,8 +138,19 @@ def _mobilenet_v2_taps(model: tvm.MobileNetV2) -> list[Tap]:
     for group in groups[1:]:
         last = group[-1]
         # conv = [expand ConvBNReLU6, depthwise ConvBNReLU6, project conv, project BN]
-        taps.append(Tap(f"features.{last}.conv.1.1", "output", (f"features.{last}.conv.1.2",)))
+        taps.append(Tap(f"{prefix}{last}.conv.1.1", "output", (f"{prefix}{last}.conv.1.2",)))
     return taps
+
+
+def _detection_body_taps(body: IntermediateLayerGetter) -> list[Tap] | None:
+    """Taps of a torchvision detection backbone's body (``model.backbone.body``, the bottom-up network before the
+    FPN): the ResNet preset on its ``layer1-4`` (the reference detection code's pre-ReLU c2-c5), or the MobileNet-V2
+    preset on its inverted units; ``None`` for another body."""
+    if all(f"layer{k}" in body for k in range(1, 5)):
+        return _resnet_taps(body)  # type: ignore[arg-type]
+    if any(isinstance(unit, tvm.mobilenetv2.InvertedResidual) for unit in body.children()):
+        return _mobilenet_v2_unit_taps(body, "")
+    return None
 
 
 def _shufflenet_v2_taps(model: tvm.ShuffleNetV2) -> list[Tap]:
@@ -132,14 +160,16 @@ def _shufflenet_v2_taps(model: tvm.ShuffleNetV2) -> list[Tap]:
 def preset_taps(model: nn.Module) -> list[Tap] | None:
     """The paper's distillation positions for a known architecture, or ``None`` if unknown."""
     declared = getattr(model, "distillation_taps", None)
-    if declared is not None:
-        return [Tap(name, "output") for name in declared]
+    if declared is not None:  # names, or "name:input" for the input of the module's last call
+        return [Tap(name, kind or "output") for name, _, kind in (entry.partition(":") for entry in declared)]
     if isinstance(model, tvm.ResNet):
         return _resnet_taps(model)
     if isinstance(model, tvm.MobileNetV2):
         return _mobilenet_v2_taps(model)
     if isinstance(model, tvm.ShuffleNetV2):
         return _shufflenet_v2_taps(model)
+    if isinstance(model, IntermediateLayerGetter):
+        return _detection_body_taps(model)
     return None
 
 
@@ -211,6 +241,9 @@ class FeatureTaps:
     def __init__(self, model: nn.Module, taps: Sequence[Tap]) -> None:
         self.taps = list(taps)
         self._store: list[torch.Tensor | None] = [None] * len(self.taps)
+        #: the first positional input of the model's latest forward (a detection backbone body: the batched,
+        #: normalised images the detector's own transform made)
+        self.root_input: torch.Tensor | None = None
         self._versions: list[int] = [0] * len(self.taps)
         modules = dict(model.named_modules())
         for tap in self.taps:
@@ -231,10 +264,12 @@ class FeatureTaps:
         state = dict(self.__dict__)
         state["_store"] = [None] * len(self.taps)
         state["_versions"] = [0] * len(self.taps)
+        state["root_input"] = None
         return state
 
     def _clear(self, module: nn.Module, args: tuple) -> None:
         self._store = [None] * len(self.taps)
+        self.root_input = args[0] if args else None
 
     # Hooks are bound methods wrapped in functools.partial (no closures), so models stay picklable
     # for ddp_spawn.
@@ -277,7 +312,7 @@ def batchnorm_before_taps(model: nn.Module, taps: Sequence[Tap], example: torch.
     events: list[tuple[str, object]] = []
     handles = []
     for name, module in modules.items():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)):
             handles.append(module.register_forward_hook(
                 lambda m, a, o, n=name: events.append(("bn", n))))
     for i, tap in enumerate(taps):
@@ -302,5 +337,5 @@ def batchnorm_before_taps(model: nn.Module, taps: Sequence[Tap], example: torch.
         elif last_bn is not None:
             i, channels = value
             bn = modules[last_bn]
-            found[i] = bn if bn.num_features == channels else None
+            found[i] = bn if bn.weight.shape[0] == channels else None
     return found

@@ -15,11 +15,14 @@ modifies in place), and ``default_input_size``, the ``(C, H, W)`` input it is bu
   :func:`shufflenet_v2_x1_0_mgd`, :func:`shufflenet_v2_x1_5_mgd`, :func:`shufflenet_v2_x2_0_mgd`
   (:class:`ShuffleNetV2MGD`, pre-ReLU unit outputs). torchvision's own ``mobilenet_v2`` and
   ``shufflenet_v2_x*`` stay available through :func:`build_model` (the standard networks).
+* detectors for paper Table 4: :func:`build_detector` (torchvision RetinaNet / Mask R-CNN with an FPN on ResNet-50,
+  ResNet-18 or MobileNet-V2; :mod:`mgd_lightning.models.detection`).
 """
 
 from __future__ import annotations
 
 from mgd_lightning.models.cifarresnet import CifarBasicBlock, CifarResNet, cifar_resnet, resnet56
+from mgd_lightning.models.detection import build_detector
 from mgd_lightning.models.mobilenetv1 import DepthwiseSeparableBlock, MobileNetV1, mobilenet_v1
 from mgd_lightning.models.mobilenetv2_mgd import MobileNetV2MGD, mobilenet_v2_mgd
 from mgd_lightning.models.registry import (
@@ -52,6 +55,7 @@ __all__ = [
     "PACKAGE_MODELS",
     "TORCHVISION_VARIANTS",
     "available_models",
+    "build_detector",
     "build_model",
     "weights_enum",
     "weights_path",
