@@ -115,3 +115,34 @@ def write_json(path: Path | None, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def time_pass(callback, trainer, pl_module) -> dict:
+    """Time the matching pass of ``callback`` (an MGDMatchingCallback with a ``bare(trainer, pl_module)`` method
+    timing the same batches without costs, ``repeats`` and ``profile``): one warm-up of each, then ``repeats``
+    alternate runs; medians, their ratio, images per second, one whole update and (``profile``) a profile."""
+    device = pl_module.device
+    callback.bare(trainer, pl_module)  # warm-ups
+    _, count = callback.compute_costs(trainer, pl_module)
+    bare_s, pass_s = [], []
+    for _ in range(callback.repeats):
+        bare_s.append(timed(lambda: callback.bare(trainer, pl_module), device))
+        pass_s.append(timed(lambda: callback.compute_costs(trainer, pl_module), device))
+    update_s = timed(lambda: callback.update_matching(trainer, pl_module), device)
+    images = int(count)
+    result = {
+        "images": images, "bare_s": bare_s, "pass_s": pass_s,
+        "bare_median_s": median(bare_s), "pass_median_s": median(pass_s),
+        "ratio": median(pass_s) / median(bare_s),
+        "bare_images_per_s": images / median(bare_s), "pass_images_per_s": images / median(pass_s),
+        "update_s": update_s, "solve_s": callback.history[-1]["solve_s"],
+    }
+    if callback.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            callback.compute_costs(trainer, pl_module)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        result["profile"] = prof.key_averages().table(sort_by=key, row_limit=15)
+    return result

@@ -30,7 +30,7 @@ import tempfile
 
 import pytorch_lightning as pl
 import torch
-from _common import add_device_args, env, median, quiet, setup_device, timed, write_json
+from _common import add_device_args, env, quiet, setup_device, time_pass, write_json
 from torch.utils.data import DataLoader, Subset
 
 from mgd_lightning import DistillationModule, MGDMatchingCallback
@@ -78,30 +78,7 @@ class TimedMatching(MGDMatchingCallback):
         if self.done:
             return
         self.done = True
-        device = pl_module.device
-        self.bare(trainer, pl_module)  # warm-ups
-        _, count = self.compute_costs(trainer, pl_module)
-        bare_s, pass_s = [], []
-        for _ in range(self.repeats):
-            bare_s.append(timed(lambda: self.bare(trainer, pl_module), device))
-            pass_s.append(timed(lambda: self.compute_costs(trainer, pl_module), device))
-        update_s = timed(lambda: self.update_matching(trainer, pl_module), device)
-        images = int(count)
-        self.result = {
-            "images": images, "bare_s": bare_s, "pass_s": pass_s,
-            "bare_median_s": median(bare_s), "pass_median_s": median(pass_s),
-            "ratio": median(pass_s) / median(bare_s),
-            "bare_images_per_s": images / median(bare_s), "pass_images_per_s": images / median(pass_s),
-            "update_s": update_s, "solve_s": self.history[-1]["solve_s"],
-        }
-        if self.profile:
-            from torch.profiler import ProfilerActivity, profile
-
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with profile(activities=activities) as prof:
-                self.compute_costs(trainer, pl_module)
-            key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-            self.result["profile"] = prof.key_averages().table(sort_by=key, row_limit=15)
+        self.result = time_pass(self, trainer, pl_module)
 
 
 def measure(args, device: torch.device, root: str) -> dict:

@@ -30,10 +30,9 @@ from _common import (
     build_models,
     build_module,
     env,
-    median,
     quiet,
     setup_device,
-    timed,
+    time_pass,
     write_json,
 )
 from torch.utils.data import DataLoader, Subset, TensorDataset
@@ -75,30 +74,7 @@ class TimedMatching(MGDMatchingCallback):
         return n
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
-        device = pl_module.device
-        self.bare(trainer, pl_module)  # warm-ups
-        _, count = self.compute_costs(trainer, pl_module)
-        bare_s, pass_s = [], []
-        for _ in range(self.repeats):
-            bare_s.append(timed(lambda: self.bare(trainer, pl_module), device))
-            pass_s.append(timed(lambda: self.compute_costs(trainer, pl_module), device))
-        update_s = timed(lambda: self.update_matching(trainer, pl_module), device)
-        images = int(count)
-        self.result = {
-            "images": images, "bare_s": bare_s, "pass_s": pass_s,
-            "bare_median_s": median(bare_s), "pass_median_s": median(pass_s),
-            "ratio": median(pass_s) / median(bare_s),
-            "bare_images_per_s": images / median(bare_s), "pass_images_per_s": images / median(pass_s),
-            "update_s": update_s, "solve_s": self.history[-1]["solve_s"],
-        }
-        if self.profile:
-            from torch.profiler import ProfilerActivity, profile
-
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with profile(activities=activities) as prof:
-                self.compute_costs(trainer, pl_module)
-            key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-            self.result["profile"] = prof.key_averages().table(sort_by=key, row_limit=15)
+        self.result = time_pass(self, trainer, pl_module)
 
 
 def measure(pair: str, args, device: torch.device) -> dict:

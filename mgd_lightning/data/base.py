@@ -16,6 +16,8 @@ A subclass sets ``num_classes`` and ``input_size`` in its constructor and implem
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -91,6 +93,10 @@ class ImageDataModule(pl.LightningDataModule):
             type(self).__name__, len(train), len(val), self.num_classes, self.input_size,  # type: ignore[arg-type]
         )
 
+    #: how the loaders batch items (``None``: PyTorch's default collate); a module-level function, so that
+    #: loader workers and Lightning's re-built DDP loaders keep it
+    collate_fn: Callable[[list[Any]], Any] | None = None
+
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
             dataset,
@@ -99,6 +105,7 @@ class ImageDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            collate_fn=type(self).collate_fn,
         )
 
     def _datasets(self) -> tuple[Dataset, Dataset, Dataset]:

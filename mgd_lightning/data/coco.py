@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .base import ImageDataModule, seeded_subset
 from .datasets import DataFileError, open_rgb
@@ -395,6 +395,8 @@ class COCODataModule(ImageDataModule):
     ```
     """
 
+    collate_fn = staticmethod(collate_detection)
+
     def __init__(
         self,
         root: str,
@@ -465,13 +467,3 @@ class COCODataModule(ImageDataModule):
             seeded_subset(train.view(0.0), self.limit_train, self.seed),
         )
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_detection,
-        )
