@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 
@@ -24,3 +25,10 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a child the test Ctrl-Cs: SIGINT back to its default, so that Python turns it into
+    KeyboardInterrupt. A shell starts background jobs (``make test &``, a CI runner's) with SIGINT ignored, and
+    an ignored signal stays ignored across exec: the child would never see the test's SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mgd_lightning import DistillationModule, MGDMatchingCallback
 from mgd_lightning._lightning import pl
-from tests.procs import alive, children
+from tests.procs import alive, children, default_sigint
 from tests.test_no_silent_errors import TINY_CLI
 from tests.toys import ToyNet, digits_dataset
 
@@ -325,7 +325,7 @@ def test_ctrl_c_in_a_cli_run_shuts_down_gracefully_and_leaves_loadable_checkpoin
            f"--trainer.callbacks+={probe}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(_tmpdir(tmp_path))}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=(tmp_path / "stdout.txt").open("w"),
-                            stderr=(tmp_path / "stderr.txt").open("w"))
+                            stderr=(tmp_path / "stderr.txt").open("w"), preexec_fn=default_sigint)
     try:
         _wait_for(tmp_path / "epoch1.txt", proc)
         proc.send_signal(signal.SIGINT)

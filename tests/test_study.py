@@ -18,7 +18,7 @@ import mgd_lightning.study as study_cli
 from mgd_lightning.experiments import reports, scratch
 from mgd_lightning.experiments.claims import check_claims, claims_markdown
 from mgd_lightning.experiments.study import run_study
-from tests.procs import alive, children
+from tests.procs import alive, children, default_sigint
 from tests.test_data import _make_fashion
 
 
@@ -168,7 +168,7 @@ def test_killing_the_study_stops_its_workers(tmp_path, fashion, how):
     proc = subprocess.Popen(
         [sys.executable, "-m", "mgd_lightning.study", "--setting", "smoke", "--out", str(out), "--root", str(fashion),
          "--rows", "mgd_amp", "mgd_rd", "--seeds", "0", "1", "2", "--jobs", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=default_sigint,
     )
     try:
         deadline = time.monotonic() + 120
