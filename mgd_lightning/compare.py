@@ -37,8 +37,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mgd_lightning.cli import run_cli
 from mgd_lightning.experiments.records import load_json, plus_minus, write_csv, write_json_atomic
 from mgd_lightning.experiments.reports import mean_std
@@ -251,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             else:
                 jobs.append((config, name, seed, out, args.extra_args, args.stage))
     # In this process, one after the other: each run may use every core and device (its config says how).
-    failed = run_jobs(jobs, run_one, on_done=results.append, fail_fast=args.fail_fast, threads=torch.get_num_threads(),
+    failed = run_jobs(jobs, run_one, on_done=results.append, fail_fast=args.fail_fast,
                       describe=lambda job: f"run {job[1]}/seed{job[2]}")
     rows = aggregate(results, names)
     write_csv(out / "results.csv", rows, CSV_FIELDS)

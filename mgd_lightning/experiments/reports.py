@@ -15,7 +15,7 @@ from typing import Any
 from .records import load_json, plus_minus
 
 __all__ = ["SCHEDULING_FIELDS", "aggregate", "check_same_setting", "environment", "errors_plot", "jsonable",
-           "matching_plots", "mean_std", "rows_table"]
+           "matching_plots", "mean_std", "pyplot", "rows_table"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -59,7 +59,8 @@ def rows_table(rows: Sequence[dict[str, Any]], top5: bool = True) -> list[str]:
     return lines
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +74,7 @@ def errors_plot(results: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]
     """Every seed's top-1 error and each row's mean ± std, one line per row; ``references``: labelled lines."""
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
     y = {r["row"]: i for i, r in enumerate(reversed(rows))}
     seeds = [(r["top1_err"], y[r["row"]]) for r in results if r["row"] in y]
@@ -114,7 +115,7 @@ def matching_plots(results: Sequence[dict[str, Any]], names: Sequence[str], labe
     """
     from matplotlib.ticker import MaxNLocator
 
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     taps = sorted({int(k.removeprefix("cost_tap")) for r in results for h in r["history"] for k in h
                    if k.startswith("cost_tap")})

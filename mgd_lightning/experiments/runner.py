@@ -44,16 +44,17 @@ def _init_worker(threads: int, parent: int) -> None:
             os._exit(1)
 
 
-def run_jobs(jobs: Sequence[tuple], run: Callable[..., dict[str, Any]], *, processes: int = 1, threads: int = 1,
+def run_jobs(jobs: Sequence[tuple], run: Callable[..., dict[str, Any]], *, processes: int = 1,
+             threads: int | None = None,
              on_done: Callable[[dict[str, Any]], None] | None = None, fail_fast: bool = False,
              describe: Callable[[tuple], str] = lambda job: "/".join(map(str, job[:2]))) -> list[str]:
     """``run(*job)`` for every job; returns the jobs that failed (``describe(job)``), each logged with its traceback.
 
-    ``processes <= 1``: one after the other in this process (``threads`` torch threads). Otherwise a pool of
-    ``processes`` spawned workers with ``threads`` threads each; ``run`` and the jobs must then be picklable
-    (module-level functions, plain values). Ctrl-C (or any ``BaseException``) stops the pool at once instead of
-    finishing the queued jobs. ``fail_fast``: re-raise the first failure instead of going on.
-    ``on_done(result)`` is called in this process after each finished job.
+    ``processes <= 1``: one after the other in this process (``threads`` torch threads; ``None``: as it is).
+    Otherwise a pool of ``processes`` spawned workers with ``threads`` threads each (``None``: 1); ``run`` and
+    the jobs must then be picklable (module-level functions, plain values). Ctrl-C (or any ``BaseException``)
+    stops the pool at once instead of finishing the queued jobs. ``fail_fast``: re-raise the first failure
+    instead of going on. ``on_done(result)`` is called in this process after each finished job.
     """
     failed: list[str] = []
 
@@ -65,7 +66,7 @@ def run_jobs(jobs: Sequence[tuple], run: Callable[..., dict[str, Any]], *, proce
 
     if processes <= 1:
         previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads or previous)
         try:
             for job in jobs:
                 try:
@@ -80,7 +81,7 @@ def run_jobs(jobs: Sequence[tuple], run: Callable[..., dict[str, Any]], *, proce
         return failed
     context = get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init_worker,
-                               initargs=(threads, os.getpid()))
+                               initargs=(threads or 1, os.getpid()))
     try:
         futures = {pool.submit(run, *job): job for job in jobs}
         for future in as_completed(futures):

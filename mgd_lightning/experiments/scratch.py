@@ -157,6 +157,13 @@ def final_errors(trainer) -> tuple[float, float]:
     return 100.0 * (1.0 - float(metrics["val/acc1"])), 100.0 * (1.0 - float(metrics["val/acc5"]))
 
 
+def fit_errors(module, dm, epochs: int, accelerator: str) -> tuple[float, float]:
+    """Train ``module`` on ``dm`` for ``epochs`` (:func:`trainer_for`); top-1 and top-5 error (%) at the end."""
+    trainer = trainer_for(accelerator, epochs)
+    trainer.fit(module, datamodule=dm)
+    return final_errors(trainer)
+
+
 def trained_params(module) -> int:
     return sum(p.numel() for m in module.trainable_modules() for p in m.parameters() if p.requires_grad)
 
@@ -181,9 +188,7 @@ def train_teacher(setting: Setting, out: Path, root: str | None = None) -> dict[
                                   lr_milestones=list(setting.teacher_lr_milestones))
     log.info("teacher: training %s on %s images for %d epochs", TEACHER, setting.teacher_train_images or "all",
              setting.teacher_epochs)
-    trainer = trainer_for(setting.accelerator, setting.teacher_epochs)
-    trainer.fit(module, datamodule=dm)
-    top1, top5 = final_errors(trainer)
+    top1, top5 = fit_errors(module, dm, setting.teacher_epochs, setting.accelerator)
     weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save(module.model.state_dict(), weights)
     result = {"top1_err": top1, "top5_err": top5, "wall_s": time.perf_counter() - start,

@@ -35,9 +35,9 @@ from mgd_lightning.distillers import KD_RECIPES
 
 from .claims import paired, t_interval
 from .records import load_json, plus_minus, write_json_atomic
-from .reports import mean_std
+from .reports import mean_std, pyplot
 from .runner import run_jobs
-from .scratch import STUDENT, TEACHER, Row, build_method, fashion_data, final_errors, run_result, trainer_for
+from .scratch import STUDENT, TEACHER, Row, build_method, fashion_data, fit_errors, run_result, trainer_for
 from .study import RESULT_FILE, Study
 
 __all__ = ["CLAIMS", "ROWS", "SETTINGS", "STUDY", "TransferRow", "TransferSetting", "run_transfer"]
@@ -174,12 +174,6 @@ def load_backbone(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module
     return model
 
 
-def _train(module, dm, epochs: int, accelerator: str, callbacks=()) -> tuple[float, float]:
-    trainer = trainer_for(accelerator, epochs, callbacks)
-    trainer.fit(module, datamodule=dm)
-    return final_errors(trainer)
-
-
 def _target_data(setting: TransferSetting, per_class: int, root: str | None):
     return fashion_data(setting.batch_size, setting.num_workers, root, classes=list(setting.target_classes),
                         train_per_class=per_class, limit_val=setting.val_images)
@@ -221,7 +215,7 @@ def _pretrain_one(kind: str, per_class: int | None, setting: TransferSetting, ou
         lr, milestones, epochs = setting.lr, setting.lr_milestones, setting.epochs
     log.info("%s: training %s (%d epochs)", name, spec, epochs)
     module = ClassificationModule(model, lr=lr, lr_milestones=list(milestones))
-    top1, top5 = _train(module, dm, epochs, setting.accelerator)
+    top1, top5 = fit_errors(module, dm, epochs, setting.accelerator)
     torch.save(module.model.state_dict(), folder / f"{name}.pt")
     record = {"name": name, "top1_err": top1, "top5_err": top5, "wall_s": time.perf_counter() - start,
               "model": spec, "classes": list(setting.source_classes if per_class is None else setting.target_classes),
@@ -353,11 +347,7 @@ def _extra_report(results: list[dict[str, Any]], rows: list[dict[str, Any]], set
     points = _curve(list(results), setting)
     if not points:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     xs = [p["per_class"] for p in points]
     for key, label, color in (("ft", "FT", "tab:blue"), ("amp", "MGD-AMP", "tab:red")):
