@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-backends lint bench demo demo-detection study transfer fashion-mnist clean
+.PHONY: install test test-backends lint bench demo demo-detection study transfer imagenet-transfer fashion-mnist clean
 
 $(STAMP): setup.py setup.cfg requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -c requirements/constraints.txt torch torchvision
-	$(PY) -m pip install --disable-pip-version-check -q -c requirements/constraints.txt -e '.[dev,notebooks,timm,detection]'
+	$(PY) -m pip install --disable-pip-version-check -q -c requirements/constraints.txt -e '.[dev,notebooks,timm,detection,efficientnet]'
+	$(PY) -m pip install --disable-pip-version-check -q -c requirements/constraints.txt --no-deps foolbox
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -79,6 +80,12 @@ study: $(STAMP) fashion-mnist
 TRANSFER_ARGS ?= --setting transfer-cpu
 transfer: $(STAMP) fashion-mnist
 	$(VENV)/bin/mgd-lightning study $(TRANSFER_ARGS)
+
+# The ImageNet transfer study (results/imagenet-transfer-cpu: real ImageNet EfficientNet-Lite2 -> Lite0, 10 target
+# images per class; resumable). IMAGENET_TRANSFER_ARGS="--setting imagenet-transfer-gpu" on a GPU.
+IMAGENET_TRANSFER_ARGS ?= --setting imagenet-transfer-cpu
+imagenet-transfer: $(STAMP) fashion-mnist
+	$(VENV)/bin/mgd-lightning study $(IMAGENET_TRANSFER_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/solver.py

@@ -6,10 +6,14 @@ is not a ``LightningModule`` for the other's Trainer, so the whole package impor
 
 * only one installed: that one;
 * both installed: ``pytorch_lightning`` by default, ``lightning.pytorch`` with ``MGD_LIGHTNING_BACKEND=lightning``
-  (``MGD_LIGHTNING_BACKEND=pytorch_lightning`` selects the default explicitly).
+  (``MGD_LIGHTNING_BACKEND=pytorch_lightning`` selects the default explicitly); without the variable, the one
+  the program imported already, when it imported only one of them (``import lightning as L`` first: the modules
+  are ``lightning.pytorch`` ones, and ``L.Trainer().fit(module)`` accepts them).
 
-The variable is read once, on the first import of the package's Lightning layer. ``import mgd_lightning`` and
-the math core import nothing from here (tests/test_layering.py).
+The variable is read once, on the first import of the package's Lightning layer. A module built while the other
+namespace is imported (it was imported after this package chose) warns, naming the variable
+(:func:`warn_if_mixed_namespaces`): the other namespace's Trainer would refuse it with Lightning's "model must be
+a LightningModule". ``import mgd_lightning`` and the math core import nothing from here (tests/test_layering.py).
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ import importlib
 import importlib.util
 import os
 import re
+import sys
+import warnings
 from types import ModuleType
 from typing import Any
 
 __all__ = [
     "BACKEND", "ENV_VAR", "NAMESPACE", "LightningBackendError", "PossibleUserWarning", "callbacks",
     "isolate_rng", "loggers", "map_class_path", "pl", "rank_zero_warn", "seed_everything", "strategies",
-    "utilities",
+    "utilities", "warn_if_mixed_namespaces",
 ]
 
 #: the environment variable that selects the backend where both are installed
@@ -68,9 +74,13 @@ def select_backend(value: str | None = None) -> str:
                 f"unset {ENV_VAR}{hint}."
             )
         return backend
-    for backend in ("pytorch_lightning", "lightning"):
-        if _installed(backend):
-            return backend
+    installed = [backend for backend in ("pytorch_lightning", "lightning") if _installed(backend)]
+    if len(installed) == 2:  # the one the program already uses, if it imported only one
+        imported = [backend for backend in installed if _BACKENDS[backend][0] in sys.modules]
+        if len(imported) == 1:
+            return imported[0]
+    if installed:
+        return installed[0]
     raise LightningBackendError(
         "mgd-lightning needs Lightning: `pip install pytorch-lightning` (import pytorch_lightning) or "
         f"`pip install lightning` (import lightning.pytorch; with both installed, set {ENV_VAR}=lightning)."
@@ -99,6 +109,28 @@ rank_zero_warn = utilities.rank_zero_warn
 isolate_rng = _import("utilities.seed").isolate_rng  # lightning_fabric's / lightning.fabric's
 seed_everything = pl.seed_everything
 PossibleUserWarning = _import("utilities.warnings").PossibleUserWarning
+
+
+_warned_mixed = False
+
+
+def warn_if_mixed_namespaces(what: str = "this module") -> bool:
+    """Warn (once) when the other Lightning namespace is imported too and ``MGD_LIGHTNING_BACKEND`` did not choose:
+    its Trainer refuses the package's modules ("model must be a LightningModule"); the warning names the variable
+    that fixes it. Returns whether it warned."""
+    global _warned_mixed
+    if _warned_mixed or os.environ.get(ENV_VAR, "").strip() or _OTHER_NAMESPACE not in sys.modules:
+        return False
+    _warned_mixed = True
+    other = "lightning" if BACKEND == "pytorch_lightning" else "pytorch_lightning"
+    warnings.warn(
+        f"{what} is a {NAMESPACE}.LightningModule, but {_OTHER_NAMESPACE} is imported too (after mgd_lightning "
+        f"chose {NAMESPACE}; {ENV_VAR} is unset): a {_OTHER_NAMESPACE} Trainer refuses it with \"model must be a "
+        f"LightningModule\". Set {ENV_VAR}={other} before the first import of mgd_lightning (or import "
+        f"{_OTHER_NAMESPACE} before it), or train with {NAMESPACE}.Trainer.",
+        UserWarning, stacklevel=3,
+    )
+    return True
 
 
 def __getattr__(name: str) -> Any:

@@ -21,10 +21,14 @@ Beyond LightningCLI:
 * the checkpoint files a run reads (``build_model(checkpoint=...)``, ``--ckpt_path``) are checked before
   anything is built: an empty, truncated or non-PyTorch file is a one-line error naming it;
 * ``--ckpt_path last`` without a last checkpoint is an error, not a silent fresh start;
+* a constructor's ``ValueError`` (``--model.init_args.reducer xyz``, ``--mgd.update_every_n_epochs 0``) and a
+  checkpoint that does not fit the network built (another class count or architecture) are one
+  ``mgd-lightning: error: ...`` line, not jsonargparse's "Does not validate against any of the Union subtypes";
 * ``predict`` writes its predictions: a :class:`~mgd_lightning.distill.prediction_writer.PredictionWriter`
-  (``predictions.csv`` in the run folder, its path printed) unless the Trainer's callbacks have a prediction
-  writer already (``--trainer.callbacks+=mgd_lightning.distill.prediction_writer.PredictionWriter
-  --trainer.callbacks.output=PATH --trainer.callbacks.top_k=5`` for another path or the top-k);
+  (``predictions.csv`` in the run folder, its path printed; for ``task: detection`` a ``DetectionWriter``,
+  ``detections.json`` in COCO's results format) unless the Trainer's callbacks have a prediction writer already
+  (``--trainer.callbacks+=mgd_lightning.distill.prediction_writer.PredictionWriter --trainer.callbacks.output=PATH
+  --trainer.callbacks.top_k=5`` for another path or the top-k);
 * ``export`` (:mod:`mgd_lightning.export`) writes a checkpoint's student as a plain state_dict, TorchScript or
   ONNX file.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,12 +46,13 @@ import yaml
 from jsonargparse import Namespace, get_loader, set_loader
 
 from mgd_lightning._lightning import callbacks, cli, loggers, map_class_path, pl
-from mgd_lightning.checkpoints import CheckpointFileError, check_checkpoint_file
+from mgd_lightning.checkpoints import CheckpointFileError, CheckpointMismatchError, check_checkpoint_file
 from mgd_lightning.data.datasets import DataFileError
 from mgd_lightning.data.download import DownloadError
 from mgd_lightning.distill.callback import MGDMatchingCallback
+from mgd_lightning.distill.classifier import ModelDataMismatchError
 from mgd_lightning.distill.module import NonFiniteLossError, TeacherMismatchError
-from mgd_lightning.distill.prediction_writer import PredictionWriter
+from mgd_lightning.distill.prediction_writer import DetectionWriter, PredictionFormatError, PredictionWriter
 
 BasePredictionWriter, ModelCheckpoint, OnExceptionCheckpoint = (
     callbacks.BasePredictionWriter, callbacks.ModelCheckpoint, callbacks.OnExceptionCheckpoint)
@@ -138,6 +144,47 @@ def _checkpoint_options(node: Any, key: str = "") -> list[tuple[str, str]]:
     return found
 
 
+class _SubfolderCSVLogger(CSVLogger):
+    """The CSV logger of :class:`MGDCLI`: writes into the TensorBoard run folder's ``csv/`` subfolder and reports
+    the TensorBoard logger's version, so that the progress bar shows ``v_num=N`` (Lightning joins the loggers'
+    distinct versions: a ``"csv"`` version showed as ``v_num=_csv``)."""
+
+    def __init__(self, tensorboard: Any) -> None:
+        super().__init__(tensorboard.log_dir, name="", version="csv")
+        self._tensorboard = tensorboard
+
+    @property
+    def version(self) -> int | str:
+        return self._tensorboard.version
+
+    @property
+    def log_dir(self) -> str:
+        return str(Path(self.root_dir) / "csv")
+
+
+class ConfigError(ValueError):
+    """A class of the config refused its arguments (a constructor's ``ValueError``): its message, in one line."""
+
+
+def _constructor_message(error: BaseException) -> str:
+    """The message of the innermost error behind ``error`` (the constructor's own, under jsonargparse's wrappers),
+    prefixed with the class that raised it when it is one of this package's."""
+    seen, root = set(), error
+    while id(root) not in seen and (root.__cause__ or root.__context__) is not None:
+        seen.add(id(root))
+        root = root.__cause__ or root.__context__
+    message = " ".join(str(root).split()) or type(root).__name__
+    owner = None
+    tb = root.__traceback__
+    while tb is not None:  # the innermost constructor of this package in the traceback
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "__init__" and frame.f_globals.get("__name__", "").startswith("mgd_lightning."):
+            instance = frame.f_locals.get("self")
+            owner = type(instance).__name__ if instance is not None else owner
+        tb = tb.tb_next
+    return f"{owner}: {message}" if owner and not message.startswith(owner) else message
+
+
 class MGDCLI(LightningCLI):
     """LightningCLI with the matching callback under ``mgd:`` (and the checks of the module docstring)."""
 
@@ -171,11 +218,18 @@ class MGDCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         """First, the checkpoint files the networks load are checked (one-line errors instead of a crash in
-        jsonargparse's error formatter for an empty file); then the classes are built."""
+        jsonargparse's error formatter for an empty file); then the classes are built. A ``ValueError`` of a
+        constructor (``--model.init_args.reducer xyz``), which jsonargparse wraps in its "Does not validate
+        against any of the Union subtypes", becomes a :class:`ConfigError` with the constructor's own message."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         for option, path in _checkpoint_options(config):
             check_checkpoint_file(path, what=f"--{option}")
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            if _user_error(error) is not None:
+                raise
+            raise ConfigError(_constructor_message(error)) from error
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         """Lightning's default TensorBoard logger, plus a CSV logger in its ``csv/`` subfolder (two loggers in
@@ -185,18 +239,30 @@ class MGDCLI(LightningCLI):
         loggers = trainer.loggers
         if len(loggers) == 1 and isinstance(loggers[0], TensorBoardLogger):
             tb = loggers[0]
-            trainer.loggers = [tb, CSVLogger(tb.log_dir, name="", version="csv")]
+            trainer.loggers = [tb, _SubfolderCSVLogger(tb)]
         return trainer
 
     def before_fit(self) -> None:
         if self.config["fit"].get("ckpt_path") == "last":
             self._require_last_checkpoint()
 
+    def fit(self, model: Any, **kwargs: Any) -> None:
+        """``trainer.fit``; a resume (``--ckpt_path``) without ModelCheckpoint's "Checkpoint directory ... exists and
+        is not empty" warning: the folder holds the checkpoints of the run being resumed, as it should."""
+        if kwargs.get("ckpt_path") is None:
+            self.trainer.fit(model, **kwargs)
+            return
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            self.trainer.fit(model, **kwargs)
+
     def before_predict(self) -> None:
-        """Predictions are written to a file: a :class:`PredictionWriter` (``predictions.csv`` in the run folder)
-        unless the Trainer has a prediction writer already."""
+        """Predictions are written to a file: a :class:`PredictionWriter` (``predictions.csv`` in the run folder),
+        for a detection module a :class:`DetectionWriter` (``detections.json``, COCO results), unless the Trainer
+        has a prediction writer already."""
         if not any(isinstance(callback, BasePredictionWriter) for callback in self.trainer.callbacks):
-            self.trainer.callbacks.append(PredictionWriter())
+            task = getattr(getattr(self.model, "task", None), "name", None)
+            self.trainer.callbacks.append(DetectionWriter() if task == "detection" else PredictionWriter())
 
     def _require_last_checkpoint(self) -> None:
         """Lightning's ``ckpt_path="last"`` without a last checkpoint only warns and trains from scratch (and
@@ -241,8 +307,8 @@ def run_cli(args: Sequence[str] | None = None, run: bool = True) -> MGDCLI:
 
 
 #: errors whose message says all: ``main`` prints them as one line instead of a traceback
-USER_ERRORS = (FileNotFoundError, CheckpointFileError, DataFileError, DownloadError, NonFiniteLossError,
-               TeacherMismatchError)
+USER_ERRORS = (FileNotFoundError, CheckpointFileError, CheckpointMismatchError, ConfigError, DataFileError,
+               DownloadError, NonFiniteLossError, TeacherMismatchError, ModelDataMismatchError, PredictionFormatError)
 
 
 def _user_error(error: BaseException) -> BaseException | None:

@@ -232,9 +232,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    names = method_names(args.configs)
+    missing = [c for c in args.configs if not Path(c).is_file()]
+    if missing:
+        raise SystemExit(f"python -m mgd_lightning.compare: error: --configs {missing[0]!r}: no such file"
+                         + (f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""))
     out: Path = args.out
     try:
+        names = method_names(args.configs)
         check_same_setting(out, args.configs, names, args.seeds, args.extra_args, args.stage)
     except ValueError as err:
         raise SystemExit(f"python -m mgd_lightning.compare: error: {err}") from None

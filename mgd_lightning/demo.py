@@ -1,7 +1,8 @@
 """``mgd-lightning demo``: teacher, baseline student and MGD-AMP student on Fashion-MNIST, in minutes on a CPU.
 
 Fashion-MNIST is read from the Debian package ``dataset-fashion-mnist`` (or a torchvision root given
-with ``--root``); when it cannot be found, scikit-learn's digits are used instead, with a note.
+with ``--root``: an error if it holds none); when the package is not installed, scikit-learn's digits are used
+instead, with a note (``--digits`` asks for them).
 The demo prints a table (top-1 error, wall time, matching passes) and writes plots of the matching
 cost per tap over training (paper Fig. 5) and of the fraction of student channels whose match changed
 (Fig. 6) to ``--out``. ``--task detection`` runs the detection demo instead (:mod:`mgd_lightning.demo_detection`).
@@ -37,8 +38,21 @@ STUDENT = {"name": "cifar_resnet", "arch_args": {"depth": 8, "width": 1}}  # tap
 
 
 def _data(args) -> tuple[pl.LightningDataModule, str]:
+    if getattr(args, "digits", False):
+        if args.root:
+            raise SystemExit(f"mgd-lightning demo: error: --digits and --root {args.root!r}: pass one of them")
+        return DigitsDataModule(size=16, channels=3, batch_size=args.batch_size, seed=args.seed), "sklearn digits"
     paths = [args.root] if args.root else None
-    if find_fashion_mnist(paths) is not None:
+    found = find_fashion_mnist(paths)
+    if found is None and args.root:  # a root given on purpose: no silent run on other data
+        what = "no such folder" if not Path(args.root).is_dir() else "no Fashion-MNIST IDX files there"
+        raise SystemExit(
+            f"mgd-lightning demo: error: --root {args.root!r}: {what} (looked for train-images-idx3-ubyte[.gz] and "
+            "the three other files in it and in its FashionMNIST/raw/); pass the folder that holds them, drop "
+            "--root for the Debian package's (apt-get install dataset-fashion-mnist), or pass --digits to run on "
+            "scikit-learn's digits"
+        )
+    if found is not None:
         dm = FashionMNISTDataModule(
             search_paths=paths, channels=3, batch_size=args.batch_size,
             limit_train=args.train_images, limit_val=args.val_images, seed=args.seed,
@@ -46,7 +60,8 @@ def _data(args) -> tuple[pl.LightningDataModule, str]:
         return dm, f"Fashion-MNIST ({args.train_images} train / {args.val_images} test images)"
     log.warning(
         "Fashion-MNIST not found (install it with `apt-get install dataset-fashion-mnist`, or pass --root): "
-        "using scikit-learn's 8x8 digits instead; the numbers are not comparable with a Fashion-MNIST run"
+        "using scikit-learn's 8x8 digits instead (--digits asks for them); the numbers are not comparable with a "
+        "Fashion-MNIST run"
     )
     return DigitsDataModule(size=16, channels=3, batch_size=args.batch_size, seed=args.seed), "sklearn digits"
 
@@ -107,9 +122,9 @@ def plot_matching(history: list[dict], out: Path, x: str = "epoch") -> list[Path
 def run_demo(args) -> list[dict]:
     """Train teacher, baseline student and MGD-AMP student; returns the table rows."""
     out = Path(args.out)
+    dm, data_name = _data(args)  # first: a bad --root leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(args.seed, verbose=False)
-    dm, data_name = _data(args)
     n = dm.num_classes
     rows = []
 
@@ -168,7 +183,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="classification (this demo) or detection (RetinaNet on synthetic shapes in the COCO "
                              "layout: mgd-lightning demo --task detection --help)")
     parser.add_argument("--out", default="demo_out", help="output folder (table, JSON, plots, CSV logs)")
-    parser.add_argument("--root", default=None, help="a folder with the Fashion-MNIST IDX files")
+    parser.add_argument("--root", default=None, help="a folder with the Fashion-MNIST IDX files (an error if it "
+                                                     "has none)")
+    parser.add_argument("--digits", action="store_true",
+                        help="run on scikit-learn's 8x8 digits (upscaled to 16 px) instead of Fashion-MNIST")
     parser.add_argument("--train-images", type=int, default=15000)
     parser.add_argument("--val-images", type=int, default=5000)
     parser.add_argument("--matching-images", type=int, default=1000)

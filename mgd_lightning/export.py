@@ -12,21 +12,30 @@ Formats:
   network is built and the weights loaded into it first (a check that they fit).
 * ``torchscript``: ``torch.jit.trace`` of the network in eval mode, saved, loaded back and compared with the
   PyTorch network on a random input (``allclose``; the maximum absolute difference is printed).
-* ``onnx``: ``torch.onnx.export`` (batch size dynamic); needs the ``onnx`` package (``pip install onnx``; the
-  default exporter of recent PyTorch also needs ``onnxscript``); compared like TorchScript when
-  ``onnxruntime`` is installed.
+* ``onnx``: ``torch.onnx.export`` (PyTorch's ``torch.export``-based exporter, batch size dynamic), one
+  self-contained file (the weights inside it, no ``.data`` file beside it); needs the ``onnx`` and ``onnxscript``
+  packages (``pip install onnx onnxscript``); compared like TorchScript when ``onnxruntime`` is installed.
+
+Detectors (``task: detection`` configs) are exported as ``state_dict`` only; ``torchscript`` and ``onnx`` are
+refused (their outputs are lists of box dicts).
 
 ``torchscript`` and ``onnx`` build the network, so they need ``--config``: the config the run was trained with (or
 the ``config.yaml`` LightningCLI wrote into its ``lightning_logs/version_N/``). The network is built from its
-``student`` (DistillationModule) or ``model`` (ClassificationModule) entry, without its ``weights`` /
-``checkpoint`` (the checkpoint's weights replace them); the example input is ``(2, *input_size)``, with
-``--input_size``, else the config's ``input_size``, else the network's ``default_input_size``, else 3 x 224 x 224.
+``student`` (DistillationModule) or ``model`` (ClassificationModule) entry, the checkpoint's weights replacing the
+pre-trained ones, never downloaded: ``build_model``'s without its ``weights`` / ``checkpoint`` (nothing read);
+``build_detector``'s without its ``checkpoint``, with ``download=False`` (its ``weights`` / ``weights_backbone`` shape
+the network: a pre-trained backbone has frozen BatchNorm; their files are read from the torch hub cache as the run
+read them; a missing one is a one-line error). The example input is ``(2, *input_size)``, with ``--input_size``,
+else the config's ``input_size``, else the network's ``default_input_size``, else 3 x 224 x 224 (the network is run
+on it first: a size it cannot take is a one-line error).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,13 +110,45 @@ def network_from_config(config: dict) -> tuple[nn.Module, tuple[int, ...] | None
         raise ExportError(f"--config: model.init_args.{key} needs a class_path (e.g. mgd_lightning.models.build_model)")
     builder = _import(node["class_path"])
     args = _init_args(node)
+    try:
+        parameters = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        parameters = {}
     from mgd_lightning.models import build_model
 
-    if builder is build_model:  # the checkpoint's weights replace these: nothing to read from the hub cache
-        args["weights"], args["checkpoint"] = None, None
-    network = builder(**args)
+    # The checkpoint's weights replace the pre-trained ones: nothing is downloaded. build_model's network is the
+    # same without them (cleared: nothing read either); a detector's is not (pre-trained backbones get frozen
+    # BatchNorm, ...): its weight files are read from the hub cache as the run read them, never downloaded.
+    cleared = ("weights", "checkpoint") if builder is build_model else ("checkpoint",)
+    for name in cleared:
+        if name in parameters:
+            args[name] = None
+    if "download" in parameters:
+        args["download"] = False
+    try:
+        network = builder(**args)
+    except FileNotFoundError as error:
+        raise ExportError(
+            f"building the network of --config as the run did needs a weight file that is not in the torch hub cache "
+            f"({' '.join(str(error).split())}); export does not download it: the checkpoint's weights replace it, "
+            "but the architecture depends on it (e.g. a pre-trained detector backbone's frozen BatchNorm). Put the "
+            "file there (the run that trained read it), or export --format state_dict without --config"
+        ) from None
     size = module_args.get("input_size")
     return network, (tuple(int(v) for v in size) if size is not None else None)
+
+
+def _detector_refused(format: str, what: str) -> ExportError:
+    return ExportError(
+        f"--format {format}: detectors ({what}) are exported as --format state_dict only (their outputs are lists "
+        "of box dicts, which this export does not trace); load the file with "
+        "build_detector(...).load_state_dict(torch.load(FILE))"
+    )
+
+
+def _is_detector(network: nn.Module) -> bool:
+    """A torchvision detector (RetinaNet, Faster / Mask R-CNN): its transform and backbone body."""
+    return getattr(network, "transform", None) is not None and getattr(network, "backbone", None) is not None
 
 
 def network_state(ckpt_path: str, prefix: str = "model.") -> dict[str, torch.Tensor]:
@@ -144,13 +185,28 @@ def _state_problems(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor])
     return "; ".join(parts)
 
 
-def _example_size(network: nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:
+def _example_size(network: nn.Module, input_size: Sequence[int] | None, given: bool = False) -> tuple[int, ...]:
+    """The (C, H, W) of the example input, checked by running the network on it (a one-line error naming where the
+    size came from instead of a tracing error)."""
     if input_size is not None:
         size = tuple(int(v) for v in input_size)
+        source = "--input_size" if given else "the config's input_size"
     else:
         size = tuple(getattr(network, "default_input_size", None) or (3, 224, 224))
-    if len(size) != 3:
-        raise ExportError(f"input_size must be C H W; got {size}")
+        source = "the network's default input size" if getattr(network, "default_input_size", None) else \
+            "the default input size (no --input_size, no input_size in the config)"
+    if len(size) != 3 or min(size) < 1:
+        raise ExportError(f"{source} must be C H W (three sizes >= 1); got {size}")
+    try:
+        with torch.no_grad():
+            network(_random_input(size, seed=0))
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(
+            f"{source} {' '.join(map(str, size))}: the network cannot run a (2, {', '.join(map(str, size))}) input "
+            f"({type(error).__name__}: {reason}); pass --input_size C H W of the images it was trained on (e.g. "
+            "3 16 16 for configs/digits, 3 32 32 for CIFAR-100, 3 224 224 for CUB-200 / ImageNet)"
+        ) from None
     return size
 
 
@@ -190,14 +246,24 @@ def export(
     """Write the network of ``ckpt_path`` to ``output`` in ``format`` (see the module docstring); returns the path."""
     if format not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {format!r}")
-    if format == "onnx" and not _has_module("onnx"):
-        raise ExportError("--format onnx needs the onnx package, which is not installed: pip install onnx "
-                          "(recent PyTorch also needs onnxscript: pip install onnx onnxscript)")
     configs = [config] if isinstance(config, str) else list(config or [])
+    loaded = _load_config(configs) if configs else None
+    if loaded is not None and format != "state_dict" and _init_args(loaded.get("model")).get("task") == "detection":
+        raise _detector_refused(format, "task: detection")
+    if format == "onnx":
+        missing = [m for m in ("onnx", "onnxscript") if not _has_module(m)]
+        if missing:
+            raise ExportError(f"--format onnx needs the onnx and onnxscript packages (PyTorch's ONNX exporter); "
+                              f"not installed: {', '.join(missing)}: pip install onnx onnxscript")
+    out = Path(output)
+    if out.is_dir() or str(output).endswith(("/", os.sep)):
+        suffix = {"state_dict": ".pt", "torchscript": ".ts", "onnx": ".onnx"}[format]
+        raise ExportError(f"--output {output!r} is a directory: give the file to write, e.g. "
+                          f"{os.path.join(output, 'student' + suffix)}")
     state = network_state(ckpt_path, prefix)
     network = config_size = None
-    if configs:
-        network, config_size = network_from_config(_load_config(configs))
+    if loaded is not None:
+        network, config_size = network_from_config(loaded)
         problems = _state_problems(network.state_dict(), state)
         if problems:
             raise ExportError(
@@ -206,16 +272,17 @@ def export(
             )
         network.load_state_dict(state)
         network.eval()
+        if format != "state_dict" and _is_detector(network):
+            raise _detector_refused(format, type(network).__name__)
     elif format != "state_dict":
         raise ExportError(f"--format {format} builds the network: pass --config (the config the run was trained "
                           "with, or the config.yaml in its lightning_logs/version_N/)")
-    out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     if format == "state_dict":
         weights = network.state_dict() if network is not None else state
         torch.save({k: v.detach().clone().contiguous() for k, v in weights.items()}, out)
     elif format == "torchscript":
-        size = _example_size(network, input_size or config_size)
+        size = _example_size(network, input_size or config_size, given=input_size is not None)
         with torch.no_grad():
             traced = torch.jit.trace(network, _random_input(size, seed=0))
             traced.save(str(out))
@@ -225,13 +292,12 @@ def export(
             except ExportError:
                 out.unlink(missing_ok=True)
                 raise
-    else:  # onnx
-        size = _example_size(network, input_size or config_size)
-        dynamo = _has_module("onnxscript")
+    else:  # onnx: one self-contained file (weights inside, not in a .data file beside it), batch size dynamic
+        size = _example_size(network, input_size or config_size, given=input_size is not None)
         with torch.no_grad():
             torch.onnx.export(
                 network, (_random_input(size, seed=0),), str(out), input_names=["input"], output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=dynamo,
+                dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False, verbose=False,
             )
         if _has_module("onnxruntime"):
             import onnxruntime

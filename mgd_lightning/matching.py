@@ -25,6 +25,7 @@ from scipy.optimize import linear_sum_assignment
 __all__ = [
     "METRICS",
     "channel_cost",
+    "UNMATCHED",
     "balanced_assignment",
     "sparse_assignment",
     "contiguous_groups",
@@ -138,7 +139,13 @@ def _as_cost_matrix(cost: Any) -> np.ndarray:
     return arr
 
 
-def balanced_assignment(cost: torch.Tensor | np.ndarray) -> torch.Tensor:
+#: what :func:`balanced_assignment` does with the ``C_T - alpha * C_S`` teacher channels no student can take:
+#: ``"optimal"`` (ours: the exact rectangular assignment chooses them), ``"official"`` (the reference code's
+#: "shave": the highest-index teacher channels are dropped before solving).
+UNMATCHED = ("optimal", "official")
+
+
+def balanced_assignment(cost: torch.Tensor | np.ndarray, unmatched: str = "optimal") -> torch.Tensor:
     """Exact many-to-one balanced matching (Eq. 8-11).
 
     Every student channel receives exactly ``alpha = C_T // C_S`` teacher channels and every
@@ -150,14 +157,22 @@ def balanced_assignment(cost: torch.Tensor | np.ndarray) -> torch.Tensor:
 
     Args:
         cost: (C_S, C_T) finite distance matrix, torch tensor or numpy array, ``C_T >= C_S``.
+        unmatched: ``"optimal"`` (default here, ours): the exact assignment above; ``"official"``: the
+            reference code's ``shave`` (``mgd/builder.py``, ``update_flow``): only the first
+            ``alpha * C_S`` teacher channels enter the assignment, the highest-index ones are never used.
+            Identical when ``C_S`` divides ``C_T``.
 
     Returns:
         (C_S, alpha) int64 CPU tensor; row ``i`` holds the teacher channels of student ``i``,
         ascending.
     """
+    if unmatched not in UNMATCHED:
+        raise ValueError(f"unmatched must be one of {UNMATCHED}; got {unmatched!r}")
     arr = _as_cost_matrix(cost)
     c_s, c_t = arr.shape
     alpha = c_t // c_s
+    if unmatched == "official" and alpha * c_s != c_t:
+        arr, c_t = arr[:, : alpha * c_s], alpha * c_s  # the reference drops the remainder before solving
     stacked = np.tile(arr, (alpha, 1))  # row r is student r % C_S (Eq. 10's D')
     if alpha * c_s == c_t:
         # Square problem: SciPy's solver is 1.5-2x faster on the transpose (duplicate rows become

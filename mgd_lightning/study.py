@@ -6,7 +6,10 @@ Two studies (:mod:`mgd_lightning.experiments`), chosen by the setting:
   Fig. 4: students trained from random weights with every distiller, reduction and update period;
 * transfer (``--setting transfer-cpu`` / ``transfer-gpu`` / ``transfer-smoke``; results/<setting>): the paper's
   Table 3: a pre-trained student fine-tuned on a small target set (30 images per class) with every competitor,
-  and the error vs the number of target images per class.
+  and the error vs the number of target images per class;
+* ImageNet transfer (``--setting imagenet-transfer-cpu`` / ``-gpu`` / ``-smoke``; results/<setting>): Table 3 in its
+  own regime, real ImageNet weights (EfficientNet-Lite2 teacher -> Lite0 student), 10 target images per class,
+  after a premise check (fine-tuning must beat training from scratch by 10 points, ``premise.json``).
 
 Each writes under ``--out``:
 
@@ -36,13 +39,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mgd_lightning.experiments import scratch, transfer
-from mgd_lightning.experiments.study import Study, report, run_study
+from mgd_lightning.experiments import imagenet_transfer, scratch, transfer
+from mgd_lightning.experiments.study import PremiseError, Study, report_finished, run_study
 
 __all__ = ["STUDIES", "main", "study_of"]
 
 #: every study, each with its settings (setting names are unique across studies)
-STUDIES: tuple[Study, ...] = (scratch.STUDY, transfer.STUDY)
+STUDIES: tuple[Study, ...] = (scratch.STUDY, transfer.STUDY, imagenet_transfer.STUDY)
 
 
 def study_of(setting_name: str) -> Study:
@@ -60,14 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--setting", choices=[n for s in STUDIES for n in s.settings], default="cpu",
                         help="cpu: from scratch, 2 CPU cores, about 90-115 min (default); gpu: whole training set, "
                              "30 epochs, 5 seeds; transfer-cpu: pre-trained students on 30 images per class, "
-                             "about 40 min; transfer-gpu; smoke, transfer-smoke: seconds")
+                             "about 40 min; imagenet-transfer-cpu: ImageNet EfficientNet-Lite2 -> Lite0 on 10 "
+                             "images per class; the -gpu settings; smoke, transfer-smoke, imagenet-transfer-smoke: "
+                             "seconds")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: results/study-<setting>, results/<setting> for transfer)")
     parser.add_argument("--root", default=None, help="a folder with the Fashion-MNIST IDX files (default: the "
                                                      "Debian package's /usr/share/datasets/fashion-mnist)")
     parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
                         help=f"a subset of the study's rows; from scratch: {' '.join(scratch.ROWS)}; "
-                             f"transfer: {' '.join(transfer.ROWS)}")
+                             f"transfer: {' '.join(transfer.ROWS)}; "
+                             f"imagenet transfer: {' '.join(imagenet_transfer.ROWS)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the setting's)")
     parser.add_argument("--epochs", type=int, default=None, help="student epochs (milestones scale with it)")
     parser.add_argument("--jobs", type=int, default=None, help="runs at a time (processes)")
@@ -88,14 +94,17 @@ def _setting(args: argparse.Namespace) -> Any:
         changes["rows"] = tuple(args.rows)
     if args.seeds:
         changes["seeds"] = tuple(args.seeds)
-    if args.epochs:
-        if args.epochs < 1:
-            raise SystemExit(f"mgd-lightning study: --epochs must be >= 1, got {args.epochs}")
+    for key in ("epochs", "jobs", "threads"):  # 0 is a value given (and wrong), not "the setting's"
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            raise SystemExit(f"mgd-lightning study: error: --{key} must be >= 1, got {value} (leave it out for "
+                             f"the setting's {getattr(setting, key, None)})")
+    if args.epochs is not None:
         scale = args.epochs / setting.epochs
         changes["epochs"] = args.epochs
         changes["lr_milestones"] = tuple(sorted({max(1, round(m * scale)) for m in setting.lr_milestones}))
     for key in ("jobs", "threads"):
-        if getattr(args, key):
+        if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     return dataclasses.replace(setting, **changes)
 
@@ -107,14 +116,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     study = study_of(args.setting)
     setting = _setting(args)
     out = args.out or Path("results") / study.folder.format(setting=args.setting)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.report_only:
-        _, text = report(study, out, args.setting, setting)
+    if args.report_only:  # the checks of a run: a folder of another study or setting is refused, not overwritten
+        try:
+            _, text = report_finished(study, out, args.setting, setting)
+        except ValueError as err:
+            raise SystemExit(f"mgd-lightning study: error: {err}") from None
     else:
+        out.mkdir(parents=True, exist_ok=True)
         command = "mgd-lightning study " + shlex.join(sys.argv[1:] if argv is None else argv)
         try:
             text = run_study(study, args.setting, setting, out, args.root, command)
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, ValueError, PremiseError) as err:
             raise SystemExit(f"mgd-lightning study: {err}") from None
     print(text)  # noqa: T201 - the command's output
 

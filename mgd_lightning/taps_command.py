@@ -2,6 +2,7 @@
 
     mgd-lightning taps resnet50
     mgd-lightning taps efficientnet_b0 --input-size 3 64 64
+    mgd-lightning taps wrn_28_4 --student wrn_16_2        # probed at their default_input_size, 3 x 32 x 32
     mgd-lightning taps convnext_tiny --student mobilenet_v3_small
     mgd-lightning taps timm/resnet18d --student timm/mobilenetv3_small_100   # needs pip install mgd-lightning[timm]
 
@@ -35,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="a build_model name (resnet50, efficientnet_b0, timm/<name>, ...): the teacher "
                                       "when --student is given")
     parser.add_argument("--input-size", "--input_size", nargs=3, type=int, metavar=("C", "H", "W"),
-                        default=(3, 224, 224), help="probe input size (default: 3 224 224)")
+                        default=None, help="probe input size (default: the models' default_input_size, as "
+                                           "DistillationModule's: 3 32 32 for the CIFAR networks, else 3 224 224)")
     parser.add_argument("--student", help="a build_model name: print the teacher-student pairs too")
     return parser
 
@@ -56,16 +58,22 @@ def _tap_name(tap: Tap) -> str:
     return f"{tap.module}:{tap.kind}" if tap.kind != "output" else tap.module
 
 
-def describe_taps(name: str, input_size: Sequence[int] = (3, 224, 224), student: str | None = None) -> str:
-    """The text ``mgd-lightning taps`` prints."""
+def describe_taps(name: str, input_size: Sequence[int] | None = None, student: str | None = None) -> str:
+    """The text ``mgd-lightning taps`` prints; ``input_size`` ``None``: the models' ``default_input_size`` (the
+    student's first, as :class:`~mgd_lightning.DistillationModule`), else (3, 224, 224)."""
     from mgd_lightning.models import build_model
 
-    size = tuple(int(v) for v in input_size)
     out = []
     models = [("teacher" if student else "model", name)] + ([("student", student)] if student else [])
+    networks = {role: build_model(model_name) for role, model_name in models}
+    if input_size is None:
+        defaults = [getattr(networks[r], "default_input_size", None) for r in ("student", "teacher", "model")
+                    if r in networks]
+        input_size = next((d for d in defaults if d is not None), (3, 224, 224))
+    size = tuple(int(v) for v in input_size)
     built = {}
     for role, model_name in models:
-        model = build_model(model_name)
+        model = networks[role]
         taps = resolve_taps(model, None, role, size)
         shapes = tap_shapes(model, taps, size)
         built[role] = (model, taps)

@@ -42,8 +42,9 @@ EXPECTED = {
                            "features.8.block.1.2:input", "features.12.2:input"],
     "mnasnet0_5": ["layers.5:input", "layers.8.2.layers.5:input", "layers.9.2.layers.5:input",
                    "layers.11.1.layers.5:input", "layers.16:input"],
+    # the last stage ends on features.norm5, then a functional in-place ReLU (kept as a copy)
     "densenet121": ["features.relu0:input", "features.transition1.relu:input", "features.transition2.relu:input",
-                    "features.transition3.relu:input", "features.denseblock4.denselayer16.relu2:input"],
+                    "features.transition3.relu:input", "features.norm5:output"],
     # no NCHW activation (GELU runs channels-last): the stage outputs; 16, 8, 4, 2 px (4 x 4 stem)
     "convnext_tiny": ["features.1:output", "features.3:output", "features.5:output", "features:output"],
     # 29, 14, 7, 3 px (ceil-mode pools)
@@ -114,11 +115,105 @@ def test_mobilenet_v2_auto_taps_are_the_preset_tensors():
         assert a is p
 
 
-def test_googlenet_functional_relus_give_post_relu_stage_outputs():
-    """GoogLeNet's ReLUs are functional and in place: no pre-activation tensor can be hooked."""
-    taps = auto_taps(_build("googlenet", aux_logits=False, init_weights=False), SIZE)
-    assert _names(taps) == ["conv1:output", "conv3:output", "inception3b:output", "inception4e:output",
+def test_googlenet_functional_relus():
+    """GoogLeNet's ReLUs are functional and in place: the stem stages end on a BN then ``F.relu(inplace=True)``, a
+    BN output kept as a copy; the inception stages end on a concatenation of activated branches, which has no
+    pre-activation tensor: their outputs."""
+    model = _build("googlenet", aux_logits=False, init_weights=False)
+    taps = auto_taps(model, SIZE)
+    assert _names(taps) == ["conv1.bn:output", "conv3.bn:output", "inception3b:output", "inception4e:output",
                             "inception5b:output"]
+    assert [t.clone for t in taps] == [True, True, False, False, False]
+    features = FeatureTaps(model, taps[:2])
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(2, *SIZE))
+    assert all((f < 0).any() for f in features.features)  # before the ReLU
+
+
+def test_densenet_last_tap_is_norm5_before_the_functional_relu():
+    """DenseNet's last stage ends on ``features.norm5`` (1024 channels), then ``F.relu(features, inplace=True)``:
+    not a 128-channel bottleneck inside the last dense layer (which made DenseNet -> ResNet-18 fail: C_T < C_S)."""
+    model = _build("densenet121").eval()
+    taps = auto_taps(model, SIZE)
+    assert taps[-1].module == "features.norm5" and taps[-1].kind == "output" and taps[-1].clone
+    feature_taps = FeatureTaps(model, taps)
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        model(x)
+        norm5 = model.features(x)  # the stage output before the functional ReLU
+    assert feature_taps.features[-1].shape == (2, 1024, 2, 2)
+    assert torch.equal(feature_taps.features[-1], norm5) and (norm5 < 0).any()
+    feature_taps.remove()
+    module = DistillationModule(_build("densenet121"), _build("resnet18"), input_size=SIZE, lr_milestones=())
+    assert [(c_s, c_t, h) for c_s, c_t, h, _ in module.tap_shapes] == [(64, 256, 16), (128, 512, 8), (256, 1024, 4),
+                                                                     (512, 1024, 2)]
+    assert module.teacher_taps.taps[-1].module == "features.norm5" and module.margins[-1] is not None
+
+
+class _PlainCNN(nn.Module):
+    """Convolutions, BatchNorm and functional ReLUs (``F.relu``), functional pooling: no activation module."""
+
+    def __init__(self, widths=(8, 16, 32), relu_inplace: bool = False) -> None:
+        super().__init__()
+        self.relu_inplace = relu_inplace
+        self.convs, self.bns, c = nn.ModuleList(), nn.ModuleList(), 3
+        for i, w in enumerate(widths):
+            self.convs.append(nn.Conv2d(c, w, 3, stride=1 if i == 0 else 2, padding=1, bias=False))
+            self.bns.append(nn.BatchNorm2d(w))
+            c = w
+        self.fc = nn.Linear(c, 10)
+
+    def forward(self, x):
+        for conv, bn in zip(self.convs, self.bns):
+            x = torch.nn.functional.relu(bn(conv(x)), inplace=self.relu_inplace)
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@pytest.mark.parametrize("relu_inplace", [False, True])
+def test_a_plain_cnn_with_functional_relus_gets_its_batchnorm_outputs(relu_inplace):
+    model = _PlainCNN(relu_inplace=relu_inplace)
+    taps = auto_taps(model, (3, 16, 16))
+    assert _names(taps) == ["bns.0:output", "bns.1:output", "bns.2:output"]
+    assert all(t.clone == relu_inplace for t in taps)  # a copy only where F.relu overwrites the BN output
+    module = DistillationModule(_PlainCNN((16, 32, 64)), model, input_size=(3, 16, 16), lr_milestones=())
+    assert [(c_s, c_t, h) for c_s, c_t, h, _ in module.tap_shapes] == [(8, 16, 16), (16, 32, 8), (32, 64, 4)]
+    assert all(m is not None for m in module.margins)
+    module.student.train()
+    loss = module.training_step((torch.randn(2, 3, 16, 16), torch.tensor([1, 2])), 0)
+    loss = loss["loss"] if isinstance(loss, dict) else loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in module.student.parameters())
+    features = module.student_taps.features
+    assert all((f < 0).any() for f in features)  # pre-activation
+
+
+def test_functional_convolutions_are_named_as_the_reason():
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 3, 3, 3))
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(torch.nn.functional.conv2d(x, self.weight, stride=2).relu().mean((2, 3)))
+
+    class Scaled(nn.Module):  # the stage's pre-activation tensor is made by an op, not a module
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc((self.conv(x) * 2).relu().mean((2, 3)))
+
+    with pytest.raises(ValueError, match=r"Functional: no spatial stages found \(no nn\.Conv2d module returns NCHW "
+                                         r"feature maps: the network convolves functionally"):
+        auto_taps(Functional(), (3, 16, 16))
+    with pytest.raises(ValueError, match=r"Scaled: no spatial stages found with a tensor a hook can take \(nn\.Conv2d "
+                                         r"outputs of sizes \[\(7, 7\)\]\).*made by functional ops.*student_taps"):
+        auto_taps(Scaled(), (3, 16, 16))
 
 
 def test_resolve_taps_falls_back_to_automatic_taps():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,78 @@ def test_selecting_a_backend(value):
         assert result.returncode != 0
         assert f"MGD_LIGHTNING_BACKEND='{value}' selects" in result.stderr
         assert "not installed" in result.stderr and "pip install" in result.stderr
+
+
+_NAMESPACES = {"pytorch_lightning": "pytorch_lightning", "lightning": "lightning.pytorch"}
+
+
+@pytest.mark.parametrize("imported, expected", [
+    (["lightning"], "lightning"), (["pytorch_lightning"], "pytorch_lightning"), ([], "pytorch_lightning"),
+    (["lightning", "pytorch_lightning"], "pytorch_lightning"),
+])
+def test_without_the_variable_both_installed_the_namespace_already_imported_is_selected(monkeypatch, imported,
+                                                                                        expected):
+    """``import lightning as L`` before mgd_lightning, both installed, no MGD_LIGHTNING_BACKEND: lightning.pytorch,
+    so that ``L.Trainer().fit(DistillationModule(...))`` accepts the module (the default stays pytorch_lightning)."""
+    import types
+
+    import mgd_lightning._lightning as backend
+
+    monkeypatch.delenv("MGD_LIGHTNING_BACKEND", raising=False)
+    monkeypatch.setattr(backend, "_installed", lambda name: True)
+    for name, namespace in _NAMESPACES.items():
+        if name in imported:
+            monkeypatch.setitem(sys.modules, namespace, sys.modules.get(namespace) or types.ModuleType(namespace))
+        else:
+            monkeypatch.delitem(sys.modules, namespace, raising=False)
+    assert backend.select_backend() == expected
+    monkeypatch.setenv("MGD_LIGHTNING_BACKEND", "pytorch_lightning")  # the variable decides, whatever is imported
+    assert backend.select_backend() == "pytorch_lightning"
+
+
+def test_a_module_built_with_the_other_namespace_imported_warns_naming_the_variable(monkeypatch):
+    import types
+
+    import mgd_lightning._lightning as backend
+
+    other = "lightning.pytorch" if NAMESPACE == "pytorch_lightning" else "pytorch_lightning"
+    other_backend = "lightning" if BACKEND == "pytorch_lightning" else "pytorch_lightning"
+    monkeypatch.delenv("MGD_LIGHTNING_BACKEND", raising=False)
+    monkeypatch.setattr(backend, "_warned_mixed", False)
+    monkeypatch.delitem(sys.modules, other, raising=False)
+    assert not backend.warn_if_mixed_namespaces()  # nothing mixed: no warning
+    monkeypatch.setitem(sys.modules, other, sys.modules.get(other) or types.ModuleType(other))
+    with pytest.warns(UserWarning, match=rf"a {re.escape(other)} Trainer refuses it .*"
+                                         rf"Set MGD_LIGHTNING_BACKEND={other_backend} before"):
+        DistillationModule(ToyNet((12, 24)), ToyNet((5, 7)))
+    assert not backend.warn_if_mixed_namespaces()  # once per process
+    monkeypatch.setattr(backend, "_warned_mixed", False)
+    monkeypatch.setenv("MGD_LIGHTNING_BACKEND", BACKEND)  # chosen explicitly: no warning
+    assert not backend.warn_if_mixed_namespaces()
+
+
+@pytest.mark.skipif(not (_installed("lightning") and _installed("pytorch_lightning")), reason="needs both namespaces")
+def test_both_installed_import_lightning_first_then_the_L_trainer_fits(tmp_path):
+    """The issue's case in a fresh process: both installed, no MGD_LIGHTNING_BACKEND, ``import lightning as L``
+    first."""
+    code = (
+        "import lightning as L, torch\n"
+        "from torch.utils.data import DataLoader\n"
+        "from mgd_lightning import DistillationModule, MGDMatchingCallback\n"
+        "from mgd_lightning._lightning import BACKEND\n"
+        "from tests.toys import ToyNet, digits_dataset\n"
+        "m = DistillationModule(ToyNet((12, 24)), ToyNet((5, 7)), lr=0.05)\n"
+        "t = L.Trainer(accelerator='cpu', max_steps=1, logger=False, enable_checkpointing=False, "
+        "enable_progress_bar=False, enable_model_summary=False, callbacks=[MGDMatchingCallback(num_samples=16)])\n"
+        "t.fit(m, DataLoader(digits_dataset(limit=16), batch_size=16))\n"
+        "print(BACKEND, t.global_step)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MGD_LIGHTNING_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["lightning", "1"]
 
 
 def test_class_paths_map_to_the_selected_namespace():

@@ -56,7 +56,8 @@ def test_matching_is_the_optimum_of_the_pass_cost(tmp_path):
     for k in range(2):
         want = channel_cost(s_feats[k], t_feats[k], "cosine", dtype=torch.float64, compute_dtype=torch.float64)
         torch.testing.assert_close(cb.last_costs[k], want, rtol=1e-5, atol=1e-4)  # float32 per batch
-        optimum = assignment_cost(want, balanced_assignment(want))
+        # the module's default: the reference code's assignment over the first alpha * C_S teacher channels
+        optimum = assignment_cost(want, balanced_assignment(want, unmatched=m.unmatched))
         assert assignment_cost(want, m.matchings[k]) == pytest.approx(optimum, rel=1e-5)
 
 
@@ -278,4 +279,4 @@ def test_online_costs_equal_the_sum_over_training_steps(tmp_path):
     assert cb.history[1]["source"] == "online" and cb.history[1]["images"] == 48
     for k in range(2):
         torch.testing.assert_close(cb.last_costs[k], sums[k])
-        assert torch.equal(m.matchings[k], balanced_assignment(sums[k]))
+        assert torch.equal(m.matchings[k], balanced_assignment(sums[k], unmatched=m.unmatched))

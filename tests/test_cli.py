@@ -29,3 +29,4 @@ def test_missing_dataset_names_the_expected_layout(tmp_path, monkeypatch):
         main(["fit", "--config", CONFIG, "--data.root", str(tmp_path / "nowhere"), "--model.model.weights", "null"])
     message = str(exit_info.value.code)
     assert message.startswith("mgd-lightning: error:") and "images.txt" in message
+    assert "\n" not in message  # one line, also offline (download: true in the config)

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import RandomSampler, SequentialSampler
 
 from mgd_lightning.data import COCODataModule, COCOFileNotFoundError, DataFileError, collate_detection
-from mgd_lightning.data.coco import COCO_LAYOUT, read_coco_annotations
+from mgd_lightning.data.base import GroupedBatchSampler, leftover_batches
+from mgd_lightning.data.coco import COCO_LAYOUT, aspect_ratio_groups, read_coco_annotations
 from mgd_lightning.data.shapes import SHAPE_CATEGORY_IDS, draw_shapes_image, write_shapes_coco
 from mgd_lightning.metrics import (
     MAP_KEYS,
@@ -377,6 +379,92 @@ def test_map_helper_errors():
         map_log_dict({"map": 1.0, "map_50": 1.0, "map_75": 1.0, "map_medium": 1.0, "map_large": 1.0})
     with pytest.raises(ValueError, match="2 detections but 3 targets"):
         update_detection_map(None, _perfect(_targets())[:2], _targets())
+
+
+# ---------------------------------------------------------------------------------------------- aspect-ratio groups
+def test_grouped_batch_sampler_as_detectron2_on_a_known_order():
+    """Detectron2's AspectRatioGroupedDataset: an index joins its group's bucket, a full bucket is a batch. The
+    part-filled buckets at the end: each its own batch when that keeps ceil(n / batch_size) batches, else joined."""
+    groups = [0, 1, 0, 0, 1, 1, 0, 1, 0, 1]
+    order = SequentialSampler(range(10))
+    assert list(GroupedBatchSampler(order, 3, False, groups)) == [[0, 2, 3], [1, 4, 5], [6, 8], [7, 9]]
+    assert len(GroupedBatchSampler(order, 3, False, groups)) == 4
+    assert list(GroupedBatchSampler(order, 3, True, groups)) == [[0, 2, 3], [1, 4, 5], [6, 8, 7]]
+    assert len(GroupedBatchSampler(order, 3, True, groups)) == 3
+    assert list(GroupedBatchSampler(order, 4, False, groups)) == [[0, 2, 3, 6], [1, 4, 5, 7], [8, 9]]
+    assert leftover_batches([[1, 2], [3]], 4, drop_last=True) == []
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1; got 0"):
+        GroupedBatchSampler(order, 0, False, groups)
+    with pytest.raises(ValueError, match="needs group_ids"):
+        GroupedBatchSampler(order, 2)
+
+
+@pytest.mark.parametrize("n, batch_size", [(1, 2), (7, 2), (50, 4), (61, 16)])
+def test_grouped_batches_cover_each_index_once(n, batch_size):
+    groups = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+    sampler = GroupedBatchSampler(RandomSampler(range(n), generator=torch.Generator().manual_seed(1)), batch_size,
+                                  False, groups)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == -(-n // batch_size)
+    assert sorted(i for b in batches for i in b) == list(range(n))
+    assert all(len(b) <= batch_size for b in batches)
+    assert sum(len({groups[i] for i in b}) > 1 for b in batches) <= 1  # at most one mixed batch, at the end
+
+
+def test_coco_training_batches_are_grouped_by_aspect_ratio(tree):
+    """Training images 9 (64x48) and 30 (56x40) are landscape, 25 (40x56) and 42 (48x48) not: batches of 2 never
+    mix them, whatever the shuffle; group_aspect_ratio=False gives plain shuffled batches; evaluation is not grouped."""
+    dm = COCODataModule(str(tree), batch_size=2)
+    dm.setup()
+    assert aspect_ratio_groups(dm.train_dataset).tolist() == [0, 1, 0, 1]  # ids 9, 25, 30, 42
+    landscape = {9: True, 25: False, 30: True, 42: False}
+    pairs = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        for _, targets in dm.train_dataloader():
+            ids = tuple(sorted(t["image_id"] for t in targets))
+            assert len(ids) == 2 and len({landscape[i] for i in ids}) == 1
+            pairs.add(ids)
+    assert pairs == {(9, 30), (25, 42)}
+    assert dm.val_dataloader().batch_size == 2
+
+    plain = COCODataModule(str(tree), batch_size=2, group_aspect_ratio=False)
+    mixed = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        mixed |= {tuple(sorted(t["image_id"] for t in targets)) for _, targets in plain.train_dataloader()}
+    assert mixed - {(9, 30), (25, 42)}  # some plain batch mixes the two shapes
+    subset = COCODataModule(str(tree), batch_size=2, limit_train=3, seed=0)
+    subset.setup()
+    ids = [subset.train_dataset[i][1]["image_id"] for i in range(3)]
+    assert aspect_ratio_groups(subset.train_dataset).tolist() == [0 if landscape[i] else 1 for i in ids]
+
+
+def test_grouped_loader_takes_lightnings_distributed_sampler(tree):
+    """Under DDP Lightning rebuilds the training loader around a DistributedSampler (the same call as in its
+    data connector): the grouped batch sampler is rebuilt with it, each rank gets its half, still grouped."""
+    import importlib
+
+    from torch.utils.data import BatchSampler, DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from mgd_lightning._lightning import pl
+
+    connector = importlib.import_module(f"{pl.__name__}.trainer.connectors.data_connector")
+    replaced, update = connector._replace_dunder_methods, connector._update_dataloader
+    dm = COCODataModule(str(tree), batch_size=2)
+    with replaced(DataLoader, "dataset"), replaced(BatchSampler):  # as the connector requests a loader
+        loader = dm.train_dataloader()
+    landscape = {9: True, 25: False, 30: True, 42: False}
+    seen = []
+    for rank in range(2):
+        ddp = update(loader, DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=False))
+        assert isinstance(ddp.batch_sampler, GroupedBatchSampler) and len(ddp) == 1
+        for _, targets in ddp:
+            ids = [t["image_id"] for t in targets]
+            seen += ids
+            assert len(ids) == 1 or len({landscape[i] for i in ids}) == 1
+    assert sorted(seen) == [9, 25, 30, 42]
 
 
 def test_batch_trains_and_evaluates_a_torchvision_retinanet(tree):

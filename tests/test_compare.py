@@ -116,3 +116,18 @@ def test_method_names_and_aggregate():
     assert row["n_seeds"] == 2 and row["top1_err_mean"] == 21.0 and row["top1_err_std"] == pytest.approx(2**0.5)
     (single,) = compare.aggregate(runs[:1], ["m"])
     assert single["top1_err_std"] is None and "20.00 |" in compare.markdown([single], "val")
+
+
+def test_a_missing_config_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match=r"compare: error: --configs 'missing\.yaml': no such file") as info:
+        compare.main(["--configs", "missing.yaml", "--out", str(tmp_path / "out")])
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_configs_with_the_same_name_are_a_one_line_error(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.yaml").write_text("{}\n")
+    same = [str(tmp_path / "a" / "x.yaml"), str(tmp_path / "a" / "x.yaml")]
+    with pytest.raises(SystemExit, match=r"compare: error: configs must have distinct names"):
+        compare.main(["--configs", *same, "--out", str(tmp_path / "out")])

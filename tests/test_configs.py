@@ -177,6 +177,20 @@ def test_cub_students_are_the_reference_architectures(config):
     assert _trained(_load(config))["name"] == student
 
 
+def test_cub_shufflenet_mgd_config_states_and_runs_the_official_stage4_tap():
+    """The paper's ShuffleNet-V2 CUB numbers come from the official code, whose inplace ReLU makes the stage-4 tap
+    post-ReLU: the MGD config runs that tap (arch_args) and says so, and why, in its own header."""
+    from mgd_lightning.models import build_model
+
+    config = "cub200/mgd_amp_shufflenet_v2.yaml"
+    student = _trained(_load(config))
+    assert student["arch_args"] == {"post_relu_stage4_tap": True}
+    header = " ".join(line for line in (CONFIG_DIR / config).read_text().splitlines() if line.startswith("#"))
+    assert "Stage-4 tap: POST-ReLU" in header and "25.95" in header and "post_relu_stage4_tap: false" in header
+    model = build_model(student["name"], num_classes=10, arch_args=student["arch_args"])
+    assert model.distillation_taps[-1] == "conv5_relu"
+
+
 def test_cifar_resnet56_student_is_overhauls():
     """Paper Table 1's "ResNet s:56-2" is Overhaul's setting (d) student, ``ResNet(depth=56)`` of its
     CIFAR-100/models/ResNet.py: 16/32/64 channels, 9 basic blocks per stage, 0.86 M parameters (861,620 with

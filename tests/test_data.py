@@ -28,7 +28,7 @@ from mgd_lightning.data import (
     find_fashion_mnist,
     read_idx,
 )
-from mgd_lightning.data.transforms import TRAIN_CROPS, grey_transforms, imagenet_transforms
+from mgd_lightning.data.transforms import TRAIN_CROPS, cifar_transforms, grey_transforms, imagenet_transforms
 
 SMALL = dict(image_size=32, resize_size=40)  # ImageNet-style pipeline at test size
 
@@ -169,6 +169,34 @@ def _check_matching_vs_train(dm: ImageDataModule, index: int = 0) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- transforms
+def test_cifar_training_crop_is_ofds_reflect_pad():
+    """OFD's CIFAR-100 crop: Pad(1, reflect) of [[a, b], [c, d]] is [[d, c, d, c], [b, a, b, a], [d, c, d, c],
+    [b, a, b, a]]; every training output is one of its 2 x 2 crops (or the crop's mirror), normalised by OFD's
+    mean / std, and the corner crop (reflected values, never zeros) occurs. recipe="zero_pad" pads with zeros."""
+    a, b, c, d = 10, 60, 120, 250
+    image = torch.tensor([[a, b], [c, d]], dtype=torch.uint8).expand(3, 2, 2).contiguous()
+    padded = torch.tensor([[d, c, d, c], [b, a, b, a], [d, c, d, c], [b, a, b, a]], dtype=torch.float32) / 255
+    mean = torch.tensor([125.3, 123.0, 113.9])[:, None, None] / 255
+    std = torch.tensor([63.0, 62.1, 66.7])[:, None, None] / 255
+    crops = [padded[i:i + 2, j:j + 2] for i in range(3) for j in range(3)]
+    candidates = [(crop.expand(3, 2, 2) - mean) / std for crop in crops + [crop.flip(-1) for crop in crops]]
+    corner = candidates[0]  # rows 0-1, columns 0-1: [[d, c], [b, a]]
+    assert torch.allclose(corner[0], (torch.tensor([[d, c], [b, a]]) / 255 - mean[0]) / std[0])
+    ofd = cifar_transforms(True, image_size=2, padding=1)
+    torch.manual_seed(0)
+    outputs = [ofd(image) for _ in range(200)]
+    assert all(any(torch.allclose(out, cand, atol=1e-6) for cand in candidates) for out in outputs)
+    assert any(torch.allclose(out, corner, atol=1e-6) for out in outputs)
+    assert torch.allclose(cifar_transforms(False, image_size=2)(image), (image.float() / 255 - mean) / std, atol=1e-6)
+
+    zero = cifar_transforms(True, image_size=2, padding=1, recipe="zero_pad")
+    zero_mean = torch.tensor([0.5071, 0.4865, 0.4409])[:, None, None]
+    zero_std = torch.tensor([0.2673, 0.2564, 0.2762])[:, None, None]
+    assert any(torch.allclose(zero(image)[:, 0, 0], (-zero_mean / zero_std)[:, 0, 0]) for _ in range(200))
+    with pytest.raises(ValueError, match="recipe must be one of.*'mirror'"):
+        cifar_transforms(True, recipe="mirror")
+
+
 def test_transforms_shapes_and_flip():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
     ev = imagenet_transforms(False, **SMALL)(img)
@@ -381,12 +409,15 @@ def test_cifar100(tmp_path):
     with open(tmp_path / "cifar-100-python" / "train", "rb") as f:
         raw = pickle.load(f, encoding="bytes")  # the data set's own loading snippet
     assert raw[b"data"].dtype == np.uint8 and raw[b"data"].shape == (20, 3072)
-    mean, std = torch.tensor([0.5071, 0.4865, 0.4409]), torch.tensor([0.2673, 0.2564, 0.2762])
-    expected = (torch.from_numpy(raw[b"data"][0].reshape(3, 32, 32)).float() / 255 - mean[:, None, None]) / std[
-        :, None, None
-    ]
-    x, y = dm.matching_dataset()[0]
-    assert torch.allclose(x, expected, atol=1e-6) and y == raw[b"fine_labels"][0]
+    # OFD's normalisation (CIFAR-100/train_with_distillation.py); recipe="zero_pad": the CIFAR-100 statistics
+    image = torch.from_numpy(raw[b"data"][0].reshape(3, 32, 32)).float() / 255
+    for recipe, mean, std in (("ofd", [125.3 / 255, 123.0 / 255, 113.9 / 255], [63.0 / 255, 62.1 / 255, 66.7 / 255]),
+                              ("zero_pad", [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762])):
+        mean, std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+        x, y = CIFAR100DataModule(str(tmp_path), recipe=recipe).matching_dataset()[0]
+        assert torch.allclose(x, (image - mean) / std, atol=1e-6) and y == raw[b"fine_labels"][0]
+    with pytest.raises(ValueError, match="recipe must be one of.*'reflect'"):
+        CIFAR100DataModule(str(tmp_path), recipe="reflect")
     # root may also be the cifar-100-python folder itself
     assert len(CIFAR100DataModule(str(tmp_path / "cifar-100-python")).matching_dataset()) == 20
 

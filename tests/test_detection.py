@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from mgd_lightning import ClassificationModule, DistillationModule, MGDMatchingCallback
 from mgd_lightning._lightning import pl
@@ -18,7 +19,9 @@ from mgd_lightning.distill.step_schedule import (
 )
 from mgd_lightning.distill.taps import preset_taps
 from mgd_lightning.matching import channel_cost
-from mgd_lightning.models import build_detector
+from mgd_lightning.models import build_detector, weights_path
+from mgd_lightning.models.detection import group_norm
+from mgd_lightning.tasks import DetectionTask
 from tests.coco_tree import write_coco_tree
 from tests.toys import ToyNet, digits_dataset
 
@@ -42,7 +45,7 @@ def _module(nets, **kwargs) -> DistillationModule:
     teacher, student = nets
     student = build_detector("retinanet", "resnet18", **SIZE)
     student.load_state_dict(nets[1].state_dict())  # a fresh copy: tests train it
-    return DistillationModule(teacher, student, task="detection", input_size=(3, 64, 64), **kwargs)
+    return DistillationModule(teacher, student, **{"task": "detection", "input_size": (3, 64, 64), **kwargs})
 
 
 def _trainer(tmp_path, callbacks=(), **kwargs) -> pl.Trainer:
@@ -91,6 +94,108 @@ def test_missing_weight_file_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"retinanet_resnet50_fpn/COCO_V1 are not available offline"):
         build_detector("retinanet", "resnet50", weights="COCO_V1")
+
+
+# ---------------------------------------------------------------------------------------------- student norms
+def _seed_resnet18_weights(tmp_path, monkeypatch) -> dict[str, torch.Tensor]:
+    """A ResNet-18 'IMAGENET1K_V1' file in a temporary hub cache, whose BatchNorms have distinct affine values."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    torch.manual_seed(3)
+    net = torchvision.models.resnet18()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.5, 0.5)
+    path = weights_path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return net.state_dict()
+
+
+def _trainable_norms(body: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    norm_types = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, FrozenBatchNorm2d)
+    return {n: m for n, m in body.named_modules()
+            if isinstance(m, norm_types) and any(p.requires_grad for p in m.parameters(recurse=False))}
+
+
+def test_resnet_student_has_the_reference_stage_last_groupnorms(tmp_path, monkeypatch):
+    """The reference d2 student (ENABLE_STAGE_LAST_NORM, FREEZE_AT = 1): the last block of each of the 4 stages has
+    GroupNorm(32) norms, trainable, holding the ImageNet BN's weight and bias; every other norm is frozen BN; the
+    stem is frozen: 4 stages x 2 norms x (weight, bias) = 16 trainable norm tensors for ResNet-18."""
+    imagenet = _seed_resnet18_weights(tmp_path, monkeypatch)
+    student = build_detector("retinanet", "resnet18", weights_backbone="IMAGENET1K_V1", trainable_backbone_layers=4,
+                             **SIZE)
+    body = student.backbone.body
+    names = [f"layer{k}.1.bn{j}" for k in range(1, 5) for j in (1, 2)]
+    trainable = _trainable_norms(body)
+    assert sorted(trainable) == names
+    assert sum(1 for m in trainable.values() for _ in m.parameters()) == 16
+    for name, gn in trainable.items():
+        assert type(gn) is torch.nn.GroupNorm and gn.num_groups == 32 and gn.num_channels == gn.weight.numel()
+        assert torch.equal(gn.weight.detach(), imagenet[f"{name}.weight"])
+        assert torch.equal(gn.bias.detach(), imagenet[f"{name}.bias"])
+    others = [m for n, m in body.named_modules() if n not in names and "bn" in n.rsplit(".", 1)[-1]
+              or n.endswith("downsample.1")]
+    assert others and all(type(m) is FrozenBatchNorm2d for m in others)
+    assert not any(p.requires_grad for p in body.conv1.parameters())
+    assert all(p.requires_grad for k in range(1, 5) for p in getattr(body, f"layer{k}")[0].conv1.parameters())
+
+    # 3 trainable stages (torchvision's default, Detectron2's FREEZE_AT = 2): layer1 keeps its frozen norms
+    three = build_detector("retinanet", "resnet18", weights_backbone="IMAGENET1K_V1", **SIZE).backbone.body
+    assert sorted(_trainable_norms(three)) == names[2:]
+    # opt-out: torchvision's frozen BN everywhere, no norm trains
+    frozen = build_detector("retinanet", "resnet18", weights_backbone="IMAGENET1K_V1", trainable_backbone_layers=4,
+                            stage_last_norm="none", **SIZE).backbone.body
+    assert _trainable_norms(frozen) == {} and not any(isinstance(m, torch.nn.GroupNorm) for m in frozen.modules())
+
+
+def test_stage_last_norm_defaults_and_errors():
+    # random init (the demo, the tests' students): trainable BatchNorm2d everywhere, no GroupNorm
+    body = build_detector("retinanet", "resnet18", **SIZE).backbone.body
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in body.modules())
+    grouped = build_detector("retinanet", "resnet18", stage_last_norm="groupnorm", **SIZE).backbone.body
+    assert sorted(n for n, m in grouped.named_modules() if isinstance(m, torch.nn.GroupNorm)) == [
+        f"layer{k}.1.bn{j}" for k in range(1, 5) for j in (1, 2)]
+    with pytest.raises(ValueError, match="stage_last_norm must be one of.*'gn'"):
+        build_detector("retinanet", "resnet18", stage_last_norm="gn", **SIZE)
+    with pytest.raises(ValueError, match="stage_last_norm='groupnorm' is for ResNet.*'mobilenet_v2'"):
+        build_detector("retinanet", "mobilenet_v2", stage_last_norm="groupnorm", **SIZE)
+    assert group_norm(512).num_groups == 32 and group_norm(144).num_groups == 24 and group_norm(20).num_groups == 20
+
+
+def test_tap_norms_follow_the_task(nets):
+    """The student-side norm on each distilled tap: GroupNorm(32, C) for detection (reference mgd/builder.py,
+    det=True), BatchNorm2d for classification; DetectionTask(tap_norm="batchnorm") opts into BatchNorm."""
+    m = _module(nets)
+    assert [type(n) for n in m.student_bns] == [torch.nn.GroupNorm] * 4
+    assert [(n.num_groups, n.num_channels) for n in m.student_bns] == [(32, 64), (32, 128), (32, 256), (32, 512)]
+    bn = _module(nets, task=DetectionTask(tap_norm="batchnorm"))
+    assert [type(n) for n in bn.student_bns] == [torch.nn.BatchNorm2d] * 4
+    classification = DistillationModule(ToyNet((12, 24)), ToyNet((6, 8)))
+    assert classification.student_bns and all(type(n) is torch.nn.BatchNorm2d for n in classification.student_bns)
+    with pytest.raises(ValueError, match="tap_norm must be one of.*'layernorm'"):
+        DetectionTask(tap_norm="layernorm")
+
+
+def test_detection_norms_have_no_weight_decay(nets):
+    """Detectron2's WEIGHT_DECAY_NORM = 0: the norms' own parameters (the student's and the tap norms) in a group
+    without weight decay, every other trainable parameter decayed; classification decays all, in one group."""
+    m = _module(nets, weight_decay=1e-4)
+    groups = m.configure_optimizers()["optimizer"].param_groups
+    assert [g["weight_decay"] for g in groups] == [1e-4, 0.0]
+    norm_ids = {id(p) for mod in (m.student, m.student_bns) for sub in mod.modules()
+                if isinstance(sub, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)) for p in sub.parameters(recurse=False)}
+    trainable = [p for mod in m.trainable_modules() for p in mod.parameters() if p.requires_grad]
+    assert {id(p) for p in groups[1]["params"]} == norm_ids and len(norm_ids) == 2 * (4 + 20)
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(trainable)
+    decayed = _module(nets, weight_decay_norm=1e-4).configure_optimizers()["optimizer"].param_groups
+    assert [g["weight_decay"] for g in decayed] == [1e-4] and len(decayed[0]["params"]) == len(trainable)
+    cls = DistillationModule(ToyNet((12, 24)), ToyNet((6, 8))).configure_optimizers()["optimizer"].param_groups
+    assert len(cls) == 1 and cls[0]["weight_decay"] == 1e-4
+    with pytest.raises(ValueError, match="weight_decay_norm must be >= 0.*-1"):
+        _module(nets, weight_decay_norm=-1)
 
 
 def test_tap_pairs_need_equal_strides(nets):
@@ -188,8 +293,15 @@ def test_detection_checkpoint_round_trip(nets, tree, tmp_path):
 # ---------------------------------------------------------------------------------------------- step schedule
 def test_step_schedule_functions():
     ref = check_step_schedule(REFERENCE_DETECTION_SCHEDULE)
-    assert scheduled_steps(ref, 90000) == [0, 5000, 10000, 15000, 20000, 51000, 82000]
-    assert is_scheduled_step(51000, ref) and not is_scheduled_step(25000, ref) and not is_scheduled_step(-1, ref)
+    # the reference d2/train_net.py: update when iter % freq == 0, freq 5000 below iteration 20000, 31000 from then on
+    reference = [i for i in range(90000) if i % (5000 if i < 20000 else 31000) == 0]
+    assert reference == [0, 5000, 10000, 15000, 31000, 62000]
+    assert scheduled_steps(ref, 90000) == reference
+    assert [i for i in range(90000) if is_scheduled_step(i, ref)] == reference
+    assert scheduled_steps(ref, 31000) == [0, 5000, 10000, 15000] and scheduled_steps(ref, 31001)[-1] == 31000
+    assert not is_scheduled_step(20000, ref) and not is_scheduled_step(51000, ref) and not is_scheduled_step(-1, ref)
+    # a segment whose start is no multiple of its period starts at its first multiple
+    assert scheduled_steps(check_step_schedule([[0, 4], [6, 5]]), 21) == [0, 4, 10, 15, 20]
     for bad, match in (([], "at least one"), ([[5, 10]], "start at step 0"), ([[0, 5], [0, 3]], "increase"),
                        ([[0, 0]], "every must be >= 1"), ([3], "pairs")):
         with pytest.raises(ValueError, match=f"step_schedule.*{match}"):
@@ -212,10 +324,10 @@ def _toy_fit(tmp_path, cb, max_steps, ckpt_path=None, callbacks=()):
 
 
 def test_step_schedule_fires_at_its_steps_and_survives_a_resume(tmp_path):
-    schedule = [[0, 2], [4, 3]]  # updates at 0, 2, 4, 7, 10
+    schedule = [[0, 2], [5, 3]]  # multiples of 2 below step 5, of 3 from then on: updates at 0, 2, 4, 6, 9
     full = MGDMatchingCallback(step_schedule=schedule, num_samples=16)
     _toy_fit(tmp_path / "full", full, 11)  # 8 batches per epoch: the schedule crosses an epoch boundary
-    assert [h["step"] for h in full.history] == [0, 2, 4, 7, 10]
+    assert [h["step"] for h in full.history] == [0, 2, 4, 6, 9]
 
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
     first = MGDMatchingCallback(step_schedule=schedule, num_samples=16)
@@ -225,8 +337,8 @@ def test_step_schedule_fires_at_its_steps_and_survives_a_resume(tmp_path):
     assert torch.load(path, weights_only=True)["callbacks"]  # the callback's state is in the checkpoint
     resumed = MGDMatchingCallback(step_schedule=schedule, num_samples=16)
     module = _toy_fit(tmp_path / "resumed", resumed, 11, ckpt_path=path)
-    assert resumed.last_update_step == 10
-    assert [h["step"] for h in resumed.history] == [0, 2, 4, 7, 10]  # history restored, then 7 and 10 only
+    assert resumed.last_update_step == 9
+    assert [h["step"] for h in resumed.history] == [0, 2, 4, 6, 9]  # history restored, then 6 and 9 only
     assert int(module.last_matching_epoch) == 1
 
 

@@ -16,6 +16,7 @@ import yaml
 from mgd_lightning.cli import MGDCLI, run_cli
 from mgd_lightning.distill.callback import MGDMatchingCallback
 from mgd_lightning.distill.module import DistillationModule
+from mgd_lightning.distill.step_schedule import check_step_schedule, scheduled_steps
 from mgd_lightning.models import weights_path
 from tests.coco_tree import write_coco_tree
 
@@ -74,6 +75,11 @@ def test_coco_config_follows_table_4a_recipe(config, monkeypatch):
         assert nets["student"]["weights_backbone"] == "IMAGENET1K_V1"
         if init.get("distiller", "mgd") == "mgd":
             assert cfg["mgd"]["step_schedule"] == [[0, 5000], [20000, 31000]]
+            steps = scheduled_steps(check_step_schedule(cfg["mgd"]["step_schedule"]), cfg["trainer"]["max_steps"])
+            assert steps == [0, 5000, 10000, 15000, 31000, 62000]  # the reference d2/train_net.py's updates
+    # the reference normalises as torchvision (RGB, ImageNet mean / std) and clips no gradients: not differences
+    differs = header.split("What differs from it:")[1]
+    assert "BGR" not in header and "clipping" not in differs and "aspect ratio" in header.split("What differs")[0]
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -104,3 +110,71 @@ def test_coco_config_runs(config, tmp_path, monkeypatch):
         assert float(trainer.callback_metrics["train/distill"]) > 0
     else:
         assert matcher.history == []
+
+
+def test_predict_and_export_of_a_coco_run(tmp_path, monkeypatch, capsys):
+    """``mgd-lightning predict`` of a detection run writes COCO results JSON (the classification CSV writer crashed
+    on box dicts); ``export`` builds the detector without its pre-trained weights (the checkpoint's replace them:
+    nothing read from the hub cache, nothing downloaded): state_dict works, TorchScript / ONNX are refused in one
+    line."""
+    import json
+
+    from mgd_lightning.cli import main
+    from mgd_lightning.distill.prediction_writer import DetectionWriter
+    from mgd_lightning.models import build_detector
+    from tests.coco_tree import VAL_IMAGES
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    root = write_coco_tree(tmp_path / "coco")
+    name = "retinanet_r18_baseline.yaml"
+    config = str(CONFIG_DIR / name)
+    _seed_weights(_detectors(_load(name))["model"])
+    common = ["--config", config, "--data.init_args.root", str(root), "--data.init_args.batch_size=2",
+              "--data.init_args.num_workers=0", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+              "--trainer.enable_model_summary=false", "--model.init_args.model.init_args.min_size=64",
+              "--model.init_args.model.init_args.max_size=96"]
+    run_cli(["fit", *common, "--trainer.max_steps=1", "--trainer.limit_val_batches=0"])
+    ckpt = Path(_load(name)["trainer"]["default_root_dir"]) / "last.ckpt"
+    assert ckpt.is_file()
+    capsys.readouterr()
+
+    cli = run_cli(["predict", *common, "--ckpt_path", str(ckpt),
+                   '--model.init_args.model.init_args.detector_args={"score_thresh": 0.0, "detections_per_img": 4}'])
+    writers = [cb for cb in cli.trainer.callbacks if isinstance(cb, DetectionWriter)]
+    assert len(writers) == 1 and writers[0].path.name == "detections.json"
+    detections = json.loads(writers[0].path.read_text())
+    assert f"detections: {len(detections)} on 3 images written to {writers[0].path}" in capsys.readouterr().out
+    sizes = {image_id: (width, height) for image_id, width, height, _ in VAL_IMAGES}
+    per_image = {i: sum(d["image_id"] == i for d in detections) for i in sizes}
+    assert all(1 <= n <= 4 for n in per_image.values()) and len(detections) == sum(per_image.values())
+    for d in detections:
+        assert set(d) == {"image_id", "category_id", "bbox", "score"} and isinstance(d["category_id"], int)
+        x, y, w, h = d["bbox"]
+        width, height = sizes[d["image_id"]]
+        assert 0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= width + 1e-3 and y + h <= height + 1e-3
+        assert 0 <= d["category_id"] <= 90 and 0.0 <= d["score"] <= 1.0
+
+    main(["export", "--ckpt_path", str(ckpt), "--config", config, "--output", "detector.pt"])
+    exported = torch.load("detector.pt", weights_only=True)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert exported.keys() == {k[len("model."):] for k in saved if k.startswith("model.")}
+    assert all(torch.equal(v, saved["model." + k]) for k, v in exported.items())
+    network = build_detector("retinanet", "resnet18", weights_backbone="IMAGENET1K_V1", trainable_backbone_layers=4,
+                             download=False)  # the config's student
+    network.load_state_dict(exported)
+    for fmt in ("torchscript", "onnx"):
+        with pytest.raises(SystemExit, match=rf"^mgd-lightning export: error: --format {fmt}: detectors \(task: "
+                                             r"detection\) are exported as --format state_dict only") as info:
+            main(["export", "--ckpt_path", str(ckpt), "--config", config, "--format", fmt, "--output", "d.out"])
+        assert "\n" not in str(info.value) and not Path("d.out").exists()
+    # the backbone's weight file gone: a one-line error, not a download (the hub cache stays as it is)
+    cache = sorted(p for p in (tmp_path / "torch").rglob("*") if p.is_file())
+    for path in cache:
+        path.unlink()
+    with pytest.raises(SystemExit, match=r"^mgd-lightning export: error: building the network of --config as the "
+                                         r"run did needs a weight file .*downloads are off: download=False.*export "
+                                         r"does not download it") as info:
+        main(["export", "--ckpt_path", str(ckpt), "--config", config, "--output", "again.pt"])
+    assert "\n" not in str(info.value) and not [p for p in (tmp_path / "torch").rglob("*") if p.is_file()]
+    assert cache and not Path("again.pt").exists()

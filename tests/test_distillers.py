@@ -51,8 +51,9 @@ def test_fitnets_hints_where_the_weights_say():
 
 
 def test_attention_transfer_matches_the_authors_formula():
-    """szagoruyko/attention-transfer: at(x) = normalize(x.pow(2).mean(1).view(B, -1)); beta/2 * sum of
-    (at_s - at_t).pow(2).mean() over the groups, beta = 1e3, equal weights, post-activation features."""
+    """szagoruyko/attention-transfer (cifar.py): at(x) = normalize(x.pow(2).mean(1).view(B, -1)); loss + beta *
+    sum of (at_s - at_t).pow(2).mean() over the groups, beta = 1e3 (not the paper's beta / 2), equal weights,
+    post-activation features."""
     d = AttentionTransfer(SHAPES, [None, None])
     assert d.tap_weights == [1.0, 1.0] and d.loss_factor == 1.0
     s, t = _feats()
@@ -60,7 +61,7 @@ def test_attention_transfer_matches_the_authors_formula():
         q_s = (s[k].clamp_min(0) ** 2).mean(1).flatten(1)
         q_t = (t[k].clamp_min(0) ** 2).mean(1).flatten(1)
         q_s, q_t = q_s / q_s.norm(dim=1, keepdim=True), q_t / q_t.norm(dim=1, keepdim=True)
-        torch.testing.assert_close(loss, 1000.0 / 2 * ((q_s - q_t) ** 2).mean())
+        torch.testing.assert_close(loss, 1000.0 * ((q_s - q_t) ** 2).mean())
     pre = AttentionTransfer(SHAPES, [None, None], post_relu=False)(s, t)
     assert not torch.allclose(pre[0], d(s, t)[0])
     assert attention_map(s[0]).shape == (2, 16)

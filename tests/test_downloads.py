@@ -226,6 +226,103 @@ def test_cub_incomplete_tree_is_not_overwritten(tmp_path, server, cub_archive):
     assert server.gets() == 0
 
 
+def _one_line(error: BaseException) -> str:
+    message = str(error)
+    assert "\n" not in message, message
+    return message
+
+
+def test_cub_download_into_a_file_root_is_a_one_line_error(tmp_path, server, cub_archive):
+    server.files["/CUB_200_2011.tgz"] = cub_archive
+    root = tmp_path / "data"
+    root.write_text("not a folder")
+    dm = CUB200DataModule(str(root), download=True, url=server.url("CUB_200_2011.tgz"), **SMALL)
+    with pytest.raises(DownloadError) as error:
+        dm.prepare_data()
+    assert f"CUB-200 root {root} is a file, not a folder" in _one_line(error.value)
+    # a root under a file
+    dm = CUB200DataModule(str(root / "sub"), download=True, url=server.url("CUB_200_2011.tgz"), **SMALL)
+    with pytest.raises(DownloadError) as error:
+        dm.prepare_data()
+    assert f"{root} is a file, not a folder" in _one_line(error.value)
+    assert server.gets() == 0 and root.read_text() == "not a folder"
+
+
+def test_cub_download_into_a_read_only_root_is_a_one_line_error(tmp_path, server, cub_archive, monkeypatch):
+    """A read-only folder (root bypasses permission bits, so the refusal of the file system is simulated)."""
+    import mgd_lightning.data.download as download
+
+    server.files["/CUB_200_2011.tgz"] = cub_archive
+    root = tmp_path / "data"
+    root.mkdir()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(download.tempfile, "mkstemp", refuse)
+    dm = CUB200DataModule(str(root), download=True, url=server.url("CUB_200_2011.tgz"), **SMALL)
+    with pytest.raises(DownloadError) as error:
+        dm.prepare_data()
+    message = _one_line(error.value)
+    assert f"cannot write the download of {server.url('CUB_200_2011.tgz')} into {root}" in message
+    assert "PermissionError: Permission denied" in message and "can write to" in message, message
+    assert "Without internet" not in message  # not a network problem
+    monkeypatch.setattr(download.os, "access", lambda *args: False)  # the up-front check
+    with pytest.raises(DownloadError, match=f"cannot write the CUB-200 download into {root}"):
+        dm.prepare_data()
+    assert list(root.iterdir()) == [] and server.gets() == 0
+
+
+@pytest.mark.parametrize("damage", ["no images.txt", "an image missing"])
+def test_cub_archive_with_the_right_md5_but_an_incomplete_tree_is_not_moved_into_place(tmp_path, server, damage):
+    source = tmp_path / "source"
+    tree = _make_cub(source, num_classes=3, per_class=4)
+    if damage == "no images.txt":
+        (tree / "images.txt").unlink()
+    else:
+        next((tree / "images").rglob("*.jpg")).unlink()
+    archive = _tgz(source, "CUB_200_2011")
+    server.files["/CUB_200_2011.tgz"] = archive
+    root = tmp_path / "data"
+    dm = CUB200DataModule(str(root), download=True, url=server.url("CUB_200_2011.tgz"), md5=_md5(archive), **SMALL)
+    with pytest.raises(DownloadError) as error:
+        dm.prepare_data()
+    message = _one_line(error.value)
+    assert "CUB_200_2011.tgz extracted to an incomplete or malformed CUB_200_2011/" in message
+    assert ("missing images.txt" if damage == "no images.txt" else "1 image(s) listed in images.txt are missing") \
+        in message
+    assert "the archive itself is incomplete" in message and ".extract-" not in message
+    assert list(root.iterdir()) == []  # no tree, no archive, no temporary folder: the next run may try another copy
+
+
+@pytest.mark.parametrize("member", ["/tmp/evil.txt", "../evil.txt", "CUB_200_2011/../../evil.txt"])
+def test_cub_archive_with_an_absolute_or_parent_member_is_refused(tmp_path, server, member):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    server.files["/CUB_200_2011.tgz"] = buffer.getvalue()
+    root = tmp_path / "data"
+    dm = CUB200DataModule(str(root), download=True, url=server.url("CUB_200_2011.tgz"), md5=None, **SMALL)
+    with pytest.raises(DownloadError) as error:
+        dm.prepare_data()
+    kind = "an absolute path" if member.startswith("/") else "a '..' component"
+    assert f"unsafe archive member {member!r} ({kind})" in _one_line(error.value)
+    assert list(root.iterdir()) == []
+    assert not list(tmp_path.rglob("evil.txt"))
+
+
+def test_cub_offline_error_is_one_line(tmp_path, server, cub_archive, monkeypatch):
+    server.files["/CUB_200_2011.tgz"] = cub_archive
+    monkeypatch.setenv("MGD_LIGHTNING_OFFLINE", "1")
+    dm = CUB200DataModule(str(tmp_path / "data"), download=True, url=server.url("CUB_200_2011.tgz"), **SMALL)
+    with pytest.raises(DownloadError) as error:
+        dm.prepare_data()
+    message = _one_line(error.value)
+    assert "MGD_LIGHTNING_OFFLINE=1: not downloading" in message and "Without internet, download" in message
+
+
 # ---------------------------------------------------------------------------------------------- CIFAR-100
 def test_cifar100_download_through_torchvision(tmp_path, server, monkeypatch):
     from torchvision.datasets import CIFAR100

@@ -15,6 +15,7 @@ from mgd_lightning import ClassificationModule, DistillationModule, MGDMatchingC
 from mgd_lightning._lightning import pl
 from mgd_lightning.distill.module import TeacherMismatchError
 from mgd_lightning.distill.prediction_writer import PredictionWriter
+from mgd_lightning.losses import margin_from_bn
 from mgd_lightning.models import build_model
 from tests.toys import ToyNet, digits_dataset
 
@@ -111,12 +112,34 @@ def test_load_from_checkpoint_with_the_teacher_given(tmp_path):
     assert loaded.teacher is teacher
     for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
-    # a teacher of the same architecture but other BatchNorm weights than the run's: a warning (it is used)
+    # a teacher of the same architecture but other BatchNorm weights than the run's: a warning (it is used),
+    # and its margins (Eq. 4) are recomputed from it, never the checkpoint's mixed with its features
     other = _teacher()
     with torch.no_grad():
         other.bns[1].weight.mul_(2.0)
-    with pytest.warns(UserWarning, match=r"not the one this checkpoint was trained with.*margin_1"):
-        DistillationModule.load_from_checkpoint(path, teacher=other, student=ToyNet((5, 7)))
+        other.bns[1].bias.add_(0.5)
+    with pytest.warns(UserWarning, match=r"not the one this checkpoint was trained with.*margin_1.*recomputed"):
+        mixed = DistillationModule.load_from_checkpoint(path, teacher=other, student=ToyNet((5, 7)))
+    assert not torch.equal(mixed.margin_1, trained.margin_1)
+    torch.testing.assert_close(mixed.margin_1, margin_from_bn(other.bns[1]).float())
+    torch.testing.assert_close(mixed.margin_0, trained.margin_0)  # that BN is the run's
+    assert torch.equal(mixed.matching_1, trained.matching_1)  # the run's own state is the checkpoint's
+
+
+def test_resume_and_ofd_with_another_teacher_use_its_margins(tmp_path):
+    """fit(ckpt_path=...) of a lean checkpoint, and a feature distiller's own copies of the margins (OFD)."""
+    _fit(tmp_path, "ofd", max_epochs=1, seed=0, distiller="ofd")
+    path = tmp_path / "ofd" / "epoch=0-step=3.ckpt"
+    other = _teacher()
+    with torch.no_grad():
+        other.bns[0].weight.mul_(3.0)
+    m = DistillationModule(other, _student(), lr=0.05, distiller="ofd")
+    expected = margin_from_bn(other.bns[0]).float()
+    with pytest.warns(UserWarning, match=r"margin_0.*feature_distiller\.margin_0.*recomputed from it"):
+        _trainer(tmp_path, max_epochs=1).fit(m, DataLoader(digits_dataset(limit=16), batch_size=16),
+                                             ckpt_path=path)
+    torch.testing.assert_close(m.margin_0, expected)
+    torch.testing.assert_close(m.feature_distiller.margin_0, expected)
 
 
 def test_save_teacher_keeps_it_and_checkpoints_with_a_teacher_load_as_before(tmp_path):
@@ -198,9 +221,83 @@ def test_export_torchscript_matches_and_onnx_without_onnx_says_how(digits_run, t
     with pytest.raises(SystemExit, match=r"--format torchscript builds the network: pass --config"):
         main(["export", "--ckpt_path", last, "--format", "torchscript", "--output", str(out)])
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
-    with pytest.raises(SystemExit, match=r"needs the onnx package.*pip install onnx"):
+    with pytest.raises(SystemExit, match=r"needs the onnx and onnxscript packages.*not installed: onnx\b.*"
+                                         r"pip install onnx onnxscript"):
         main(["export", "--ckpt_path", last, "--config", str(DIGITS_CONFIG), "--format", "onnx",
               "--output", str(tmp_path / "student.onnx")])
+
+
+def test_onnx_export_is_one_self_contained_file_without_warnings(digits_run, tmp_path, capsys):
+    """Not ``student.onnx`` plus a ``student.onnx.data`` the message did not name (copied alone, it failed to
+    load); no dynamic_axes warning; the batch size stays dynamic."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import warnings
+
+    from mgd_lightning.cli import main
+
+    folder, module = digits_run
+    last = str(folder / "runs" / "digits" / "mgd_amp" / "checkpoints" / "last.ckpt")
+    out = tmp_path / "export" / "student.onnx"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["export", "--ckpt_path", last, "--config", str(DIGITS_CONFIG), "--format", "onnx", "--output", str(out)])
+    assert [str(w.message) for w in caught if "dynamic_axes" in str(w.message) or "onnx" in w.filename] == []
+    assert f"exported onnx to {out} ({out.stat().st_size} bytes)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["student.onnx"]
+    alone = tmp_path / "elsewhere" / "copy.onnx"
+    alone.parent.mkdir()
+    alone.write_bytes(out.read_bytes())
+    session = onnxruntime.InferenceSession(str(alone), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 3, 16, 16)
+    module.student.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), module.student(x),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_export_argument_errors_are_accurate_one_liners(digits_run, tmp_path):
+    from mgd_lightning.cli import main
+
+    folder, _ = digits_run
+    checkpoints = folder / "runs" / "digits" / "mgd_amp" / "checkpoints"
+    last = str(checkpoints / "last.ckpt")
+    config = ["--config", str(DIGITS_CONFIG)]
+
+    def error(*argv: str) -> str:
+        with pytest.raises(SystemExit) as info:
+            main(["export", *argv])
+        message = str(info.value)
+        assert message.startswith("mgd-lightning export: error: ") and "\n" not in message, message
+        return message
+
+    (tmp_path / "folder").mkdir()
+    for fmt, suffix in (("state_dict", "pt"), ("torchscript", "ts"), ("onnx", "onnx")):
+        if fmt == "onnx" and not all(map(_importable, ("onnx", "onnxscript"))):
+            continue
+        message = error("--ckpt_path", last, *config, "--format", fmt, "--output", str(tmp_path / "folder"))
+        assert f"--output '{tmp_path / 'folder'}' is a directory: give the file to write, e.g. " \
+               f"{tmp_path / 'folder' / ('student.' + suffix)}" in message
+    assert list((tmp_path / "folder").iterdir()) == [] and not list(tmp_path.glob("*.data"))
+    message = error("--ckpt_path", last, *config, "--format", "torchscript", "--output", str(tmp_path / "s.ts"),
+                    "--input_size", "1", "16", "16")
+    assert "--input_size 1 16 16: the network cannot run a (2, 1, 16, 16) input" in message
+    assert "expected input[2, 1, 16, 16] to have 3 channels" in message and not (tmp_path / "s.ts").exists()
+    main(["export", "--ckpt_path", last, *config, "--format", "torchscript", "--output", str(tmp_path / "s.ts")])
+    message = error("--ckpt_path", str(tmp_path / "s.ts"), "--output", str(tmp_path / "again.pt"))
+    assert f"--ckpt_path '{tmp_path / 's.ts'}' is a TorchScript file" in message and "torch.jit.load" in message
+    message = error("--ckpt_path", str(checkpoints), "--output", str(tmp_path / "again.pt"))
+    assert f"--ckpt_path '{checkpoints}' is a directory, not a checkpoint file: pass a file in it (best.ckpt, " \
+           "last.ckpt)" in message
+
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
 
 
 def test_predict_writes_one_row_per_image(digits_run, capsys, monkeypatch):
@@ -216,7 +313,7 @@ def test_predict_writes_one_row_per_image(digits_run, capsys, monkeypatch):
     path = Path(writers[0].path)
     assert path.parent == Path(cli.trainer.log_dir) and path.name == "predictions.csv"
     assert f"rows written to {path}" in capsys.readouterr().out
-    rows = list(csv.DictReader((folder / path).open()))
+    rows = list(csv.DictReader((folder / path).read_text().splitlines()))
     assert len(rows) == len(cli.datamodule.predict_dataloader().dataset)
     assert [int(r["index"]) for r in rows] == list(range(len(rows)))
     assert all(0 <= int(r["class_id"]) < 10 and 0.0 < float(r["probability"]) <= 1.0 for r in rows)
@@ -228,7 +325,7 @@ def test_prediction_writer_top_k_matches_the_model(tmp_path):
     data = digits_dataset(limit=37)
     writer = PredictionWriter(output=tmp_path / "p.csv", top_k=3, verbose=False)
     _trainer(tmp_path, callbacks=[writer]).predict(model, DataLoader(data, batch_size=16))
-    rows = list(csv.reader((tmp_path / "p.csv").open()))
+    rows = list(csv.reader((tmp_path / "p.csv").read_text().splitlines()))
     assert rows[0] == ["index", "class_id", "probability", "top1_class_id", "top1_probability", "top2_class_id",
                        "top2_probability", "top3_class_id", "top3_probability"]
     assert len(rows) == 1 + 37

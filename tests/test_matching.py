@@ -118,6 +118,31 @@ def test_non_divisible_leaves_the_optimal_channels_unmatched():
     assert assignment_cost(cost, groups) == 0.0
 
 
+def test_official_unmatched_drops_the_highest_index_teacher_channels_before_solving():
+    """The reference code's "shave" (mgd/builder.py update_flow: ``cols = rows``): only the first alpha * C_S
+    teacher channels enter the assignment, which is then optimal among them."""
+    cost = np.array([[0.0, 9.0, 9.0, 9.0, 0.0], [9.0, 0.0, 0.0, 9.0, 9.0]])
+    groups = balanced_assignment(cost, unmatched="official")
+    assert 4 not in groups.flatten().tolist()
+    assert groups.tolist() == [[0, 3], [1, 2]] and assignment_cost(cost, groups) == 9.0
+    with pytest.raises(ValueError, match=r"unmatched must be one of \('optimal', 'official'\); got 'best'"):
+        balanced_assignment(cost, unmatched="best")
+
+
+@settings(max_examples=40, deadline=None)
+@given(medium_costs())
+def test_official_unmatched_is_the_optimum_over_the_first_channels_and_never_beats_the_exact_one(cost):
+    c_s, c_t = cost.shape
+    alpha = c_t // c_s
+    official = balanced_assignment(cost, unmatched="official")
+    _check_valid(official, c_s, alpha * c_s, alpha)
+    assert assignment_cost(cost, official) == pytest.approx(_lp_optimum(cost[:, : alpha * c_s], alpha), abs=1e-5)
+    exact = balanced_assignment(cost)
+    assert assignment_cost(cost, exact) <= assignment_cost(cost, official) + 1e-6
+    if alpha * c_s == c_t:
+        assert torch.equal(official, exact)
+
+
 def test_rows_sorted_and_numpy_torch_agree():
     rng = np.random.default_rng(0)
     cost = rng.random((16, 64))

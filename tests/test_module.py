@@ -200,3 +200,17 @@ def test_accuracy_is_images_right_over_images_not_a_per_class_average():
     m.metrics["val_acc1"].reset()
     m.metrics["val_acc1"].update(logits, torch.tensor([0, 0, 0, 2]))  # 3 of 4 right; macro: (1 + 0) / 2
     assert float(m.metrics["val_acc1"].compute()) == pytest.approx(0.75)
+
+
+def test_a_compiled_student_or_teacher_is_unwrapped_with_a_warning():
+    """``torch.compile(student)`` prefixes every name with ``_orig_mod.``: the taps were not found (KeyError)."""
+    torch.manual_seed(0)
+    teacher, student = ToyNet((12, 24)), ToyNet((5, 7))
+    with pytest.warns(UserWarning, match=r"the student given is a torch\.compile'd module.*uncompiled"):
+        m = DistillationModule(teacher, torch.compile(student), lr=0.05)
+    assert m.student is student
+    assert not [k for k in m.state_dict() if "_orig_mod" in k]
+    with pytest.warns(UserWarning, match=r"the teacher given is a torch\.compile'd module"):
+        assert DistillationModule(torch.compile(teacher), student).teacher is teacher
+    loss = m.training_step((torch.randn(2, 3, 16, 16), torch.tensor([1, 2])), 0)
+    assert torch.isfinite(loss["loss"] if isinstance(loss, dict) else loss)

@@ -58,9 +58,9 @@ def test_claims_paired_by_seed_with_t_intervals():
     assert online["kind"] == "tie" and online["status"] == "held"
     assert "matching beats no matching" not in checked  # rows without runs are left out, not counted
     text = "\n".join(claims_markdown(check_claims(results, scratch.CLAIMS), scratch.STUDY.label))
-    assert "MGD-AMP vs MGD-SM: -1.10 ± 0.10, 95 % CI [-1.35, -0.85], first better in 3/3 seeds: supported" in text
-    assert "**MGD beats the student trained alone (paper Tables 1-3): did not hold.**" in text
-    assert "**AMP is the best of the three reductions (paper Tables 1, 3): not shown.**" in text
+    assert "MGD-AMP vs MGD-SM: -1.10 ± 0.10, 95 % CI [-1.35, -0.85], first better in 3/3 seeds: supported; Holm" in text
+    assert "**MGD beats the student trained alone (paper Tables 1-3): did not hold** (Holm: " in text
+    assert "**AMP is the best of the three reductions (paper Tables 1, 3): not shown** (Holm: not shown)." in text
 
 
 def test_claims_verdicts_need_two_seeds_and_a_tie_outside_the_margin_is_contradicted():
@@ -260,3 +260,58 @@ def test_readme_summary_matches_the_committed_study():
     assert len(claims) >= len(scratch.CLAIMS)
     missing = [line for line in table + claims if line not in readme]
     assert missing == [], "README's study section differs from results/study-cpu/results.md"
+
+
+def _fake_folder(out: Path, study, setting_name: str, row: str) -> None:
+    """A study folder as a run leaves it (environment.json, one finished run, a report), without training."""
+    setting = study.settings[setting_name]
+    (out / "runs" / row / "seed0").mkdir(parents=True)
+    env = reports.environment(study.name, setting_name, setting, study.rows_config())
+    (out / "environment.json").write_text(json.dumps(env))
+    result = {**_result("baseline", 0, 12.5), "row": row, "label": study.label(row)}
+    (out / "runs" / row / "seed0" / "result.json").write_text(json.dumps(result))
+    (out / "results.md").write_text(f"the {study.name} report\n")
+
+
+def test_report_only_refuses_a_folder_of_another_study_or_setting(tmp_path):
+    from mgd_lightning.experiments import transfer
+
+    out = tmp_path / "transfer"
+    _fake_folder(out, transfer.STUDY, "transfer-smoke", "kd")
+    with pytest.raises(SystemExit, match=r"holds runs of another setting \(study: 'transfer' -> 'scratch'") as info:
+        study_cli.main(["--setting", "smoke", "--report-only", "--out", str(out)])
+    assert "\n" not in str(info.value)
+    assert (out / "results.md").read_text() == "the transfer report\n"  # not overwritten
+    assert not (out / "claims.json").exists() and not (out / "results.csv").exists()
+    scratch_out = tmp_path / "scratch"
+    _fake_folder(scratch_out, scratch.STUDY, "smoke", "baseline")
+    with pytest.raises(SystemExit, match=r"holds runs of another setting \(epochs: 2 -> 3"):
+        study_cli.main(["--setting", "smoke", "--report-only", "--out", str(scratch_out), "--epochs", "3"])
+    assert (scratch_out / "results.md").read_text() == "the scratch report\n"
+
+
+def test_report_only_rewrites_the_report_of_its_own_folder(tmp_path, capsys):
+    out = tmp_path / "scratch"
+    _fake_folder(out, scratch.STUDY, "smoke", "baseline")
+    study_cli.main(["--setting", "smoke", "--report-only", "--out", str(out), "--rows", "baseline"])
+    assert "| student baseline | 1 |" in capsys.readouterr().out
+    with (out / "results.csv").open() as f:
+        assert [(r["row"], r["n_seeds"]) for r in csv.DictReader(f)] == [("baseline", "1")]
+
+
+def test_report_only_without_finished_runs_is_a_one_line_error(tmp_path):
+    for out in (tmp_path / "never-made", tmp_path / "empty"):
+        if out.name == "empty":
+            (out / "runs").mkdir(parents=True)
+        with pytest.raises(SystemExit, match=r"holds no finished run of the scratch study's setting 'smoke'.*"
+                                             r"nothing to report") as info:
+            study_cli.main(["--setting", "smoke", "--report-only", "--out", str(out)])
+        assert "\n" not in str(info.value)
+        assert not (out / "results.md").exists() and not (out / "results.csv").exists()
+
+
+@pytest.mark.parametrize("option", ["--epochs", "--jobs", "--threads"])
+def test_zero_epochs_jobs_or_threads_are_errors_not_the_default(option, tmp_path):
+    with pytest.raises(SystemExit, match=rf"mgd-lightning study: error: {option} must be >= 1, got 0") as info:
+        study_cli.main(["--setting", "smoke", "--out", str(tmp_path / "out"), option, "0"])
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()

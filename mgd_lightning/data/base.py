@@ -16,15 +16,15 @@ A subclass sets ``num_classes`` and ``input_size`` in its constructor and implem
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, Subset
 
 from mgd_lightning._lightning import pl
 
-__all__ = ["ImageDataModule", "seeded_subset"]
+__all__ = ["GroupedBatchSampler", "ImageDataModule", "leftover_batches", "seeded_subset"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,64 @@ def seeded_subset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset
         return dataset
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return Subset(dataset, perm[:limit].tolist())
+
+
+def leftover_batches(buckets: Sequence[list[int]], batch_size: int, drop_last: bool) -> list[list[int]]:
+    """The last batches of an epoch of :class:`GroupedBatchSampler` from its part-filled ``buckets`` (each shorter
+    than ``batch_size``, ``r`` indices in all): ``ceil(r / batch_size)`` batches (``floor`` with ``drop_last``), each
+    bucket a batch of its own when that is their number, else the buckets joined (largest first) and cut into
+    ``batch_size`` chunks (one batch mixes groups)."""
+    rest = [list(b) for b in buckets if b]
+    total = sum(len(b) for b in rest)
+    count = total // batch_size if drop_last else -(-total // batch_size)
+    if count == len(rest):
+        return rest
+    joined = [i for b in sorted(rest, key=len, reverse=True) for i in b]
+    return [joined[k * batch_size:(k + 1) * batch_size] for k in range(count)]
+
+
+class GroupedBatchSampler(BatchSampler):
+    """Batches whose indices share a group (Detectron2's ``ASPECT_RATIO_GROUPING``: landscape and portrait images
+    apart, so that a batch is padded to a canvas of its own shape, not to ~1344 x 1344).
+
+    Indices come from ``sampler`` (shuffled or not; Lightning swaps in a ``DistributedSampler`` under DDP) and go
+    into the bucket of their group; a bucket is yielded as a batch when it holds ``batch_size`` indices (Detectron2's
+    ``AspectRatioGroupedDataset``). At the end of the sampler, the part-filled buckets give
+    :func:`leftover_batches`: so an epoch has exactly ``len(self)`` batches, ``ceil(len(sampler) / batch_size)``
+    (``floor`` with ``drop_last``; the same on every rank), every index once (without ``drop_last``), and at most one
+    batch that mixes groups (two groups).
+
+    Args:
+        sampler: the index sampler (e.g. ``RandomSampler(dataset)``).
+        batch_size: indices per batch (>= 1).
+        drop_last: leave out the last indices that do not fill a batch.
+        group_ids: the group of each dataset index (``group_ids[i]`` for index ``i``).
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool = False,
+                 group_ids: Sequence[int] | None = None) -> None:
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        if group_ids is None:
+            raise ValueError("GroupedBatchSampler needs group_ids, the group of each dataset index; got None")
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+        self.drop_last = bool(drop_last)
+        self.group_ids = [int(g) for g in group_ids]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        buckets: dict[int, list[int]] = {}
+        for index in self.sampler:
+            bucket = buckets.setdefault(self.group_ids[index], [])
+            bucket.append(index)
+            if len(bucket) == self.batch_size:
+                yield bucket[:]
+                bucket.clear()
+        yield from leftover_batches(list(buckets.values()), self.batch_size, self.drop_last)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)  # type: ignore[arg-type]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -97,16 +155,16 @@ class ImageDataModule(pl.LightningDataModule):
     #: loader workers and Lightning's re-built DDP loaders keep it
     collate_fn: Callable[[list[Any]], Any] | None = None
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=type(self).collate_fn,
-        )
+    def _loader(self, dataset: Dataset, shuffle: bool, group_ids: Sequence[int] | None = None) -> DataLoader:
+        """A loader of ``batch_size`` items; with ``group_ids`` (one per item) through a
+        :class:`GroupedBatchSampler` (batches of one group each)."""
+        common = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                      persistent_workers=self.num_workers > 0, collate_fn=type(self).collate_fn)
+        if group_ids is None:
+            return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, **common)
+        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        return DataLoader(dataset, batch_sampler=GroupedBatchSampler(sampler, self.batch_size, False, group_ids),
+                          **common)
 
     def _datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         if self.train_dataset is None:

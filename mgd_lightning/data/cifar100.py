@@ -89,7 +89,8 @@ def load_cifar100(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Te
 
 
 class CIFAR100DataModule(ImageDataModule):
-    """CIFAR-100 with the usual augmentation (``RandomCrop(32, padding=4)`` + flip) and CIFAR-100 normalisation.
+    """CIFAR-100 with OFD's augmentation (reflect-pad 4 + flip + random 32 crop) and normalisation
+    (:func:`~mgd_lightning.data.transforms.cifar_transforms`).
 
     Reads torchvision's on-disk format: ``root/cifar-100-python/{train,test,meta}``. With ``download=False``
     (the default) a missing folder raises ``FileNotFoundError`` at construction, naming the expected path;
@@ -99,6 +100,10 @@ class CIFAR100DataModule(ImageDataModule):
         root: the folder holding ``cifar-100-python/``.
         batch_size, num_workers, pin_memory: of the loaders (:class:`~mgd_lightning.data.base.ImageDataModule`).
         download: fetch the archive with torchvision when it is not there.
+        recipe: the crops and normalisation (:func:`~mgd_lightning.data.transforms.cifar_transforms`): ``"ofd"``
+            (default: OFD's ``CIFAR-100/train_with_distillation.py``, ``Pad(4, padding_mode="reflect")`` + flip +
+            ``RandomCrop(32)``, its mean / std) or ``"zero_pad"`` (opt-in: ``RandomCrop(32, padding=4)`` with zeros +
+            flip, the CIFAR-100 mean / std; this package's earlier default).
 
     Example, in a LightningCLI config:
 
@@ -116,8 +121,11 @@ class CIFAR100DataModule(ImageDataModule):
         num_workers: int = 0,
         pin_memory: bool | None = None,
         download: bool = False,
+        recipe: str = "ofd",
     ) -> None:
         super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        cifar_transforms(False, recipe=recipe)  # a bad recipe fails here, naming it
+        self.recipe = recipe
         self.download = download
         self.num_classes = 100
         self.input_size = (3, 32, 32)
@@ -177,6 +185,6 @@ class CIFAR100DataModule(ImageDataModule):
                 self.prepare_data()
         train_x, train_y, self.classes = load_cifar100(self.root, train=True)
         test_x, test_y, _ = load_cifar100(self.root, train=False)
-        train_set = TensorImageDataset(train_x, train_y, cifar_transforms(True))
-        eval_tf = cifar_transforms(False)
+        train_set = TensorImageDataset(train_x, train_y, cifar_transforms(True, recipe=self.recipe))
+        eval_tf = cifar_transforms(False, recipe=self.recipe)
         return train_set, TensorImageDataset(test_x, test_y, eval_tf), train_set.with_transform(eval_tf)

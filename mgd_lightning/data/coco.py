@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .base import ImageDataModule, seeded_subset
 from .datasets import DataFileError, open_rgb
@@ -58,6 +58,7 @@ __all__ = [
     "COCODataModule",
     "COCODetectionDataset",
     "COCOFileNotFoundError",
+    "aspect_ratio_groups",
     "collate_detection",
     "coco_paths",
     "decode_segmentation",
@@ -351,6 +352,18 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> t
     return images, targets
 
 
+def aspect_ratio_groups(dataset: Dataset) -> np.ndarray:
+    """The aspect-ratio group of each item of a :class:`COCODetectionDataset` (or a ``Subset`` of one), int64
+    ``(len(dataset),)``: 0 where the image is wider than high, 1 otherwise (Detectron2's two groups, ``w > h``)."""
+    if isinstance(dataset, Subset):
+        return aspect_ratio_groups(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    if not isinstance(dataset, COCODetectionDataset):
+        raise TypeError(f"aspect_ratio_groups needs a COCODetectionDataset or a Subset of one; got "
+                        f"{type(dataset).__name__}")
+    a = dataset.annotations
+    return np.where(a["widths"][dataset.indices] > a["heights"][dataset.indices], 0, 1).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------------------------- data module
 class COCODataModule(ImageDataModule):
     """COCO-2017 detection for torchvision's COCO detectors: original image sizes, COCO category ids as labels.
@@ -385,6 +398,12 @@ class COCODataModule(ImageDataModule):
             ``root/annotations/instances_<split>.json``), e.g. ``train2014`` / ``val2014``.
         masks: add ``masks`` (uint8 ``(N, H, W)``, the objects' segmentations decoded with pycocotools) to every
             target, for Mask R-CNN; off by default (boxes only, as RetinaNet needs; faster, less memory).
+        group_aspect_ratio: training batches of landscape images only or portrait (and square) images only
+            (:func:`aspect_ratio_groups`, :class:`~mgd_lightning.data.base.GroupedBatchSampler`), as Detectron2's
+            ``DATALOADER.ASPECT_RATIO_GROUPING`` (on in the reference ``d2/`` runs): the detector pads a batch to its
+            largest image, so a mixed batch of 800 x 1333 and 1333 x 800 images becomes 1344 x 1344 canvases, half
+            padding, which the taps, the distillation loss, the tap norms and the matching cost then see. ``True``
+            (default); ``False``: plain shuffled batches (opt-in). Evaluation loaders are not grouped.
 
     Example, in a LightningCLI config:
 
@@ -411,6 +430,7 @@ class COCODataModule(ImageDataModule):
         train_split: str = "train2017",
         val_split: str = "val2017",
         masks: bool = False,
+        group_aspect_ratio: bool = True,
     ) -> None:
         super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if not 0.0 <= flip_prob <= 1.0:
@@ -427,6 +447,7 @@ class COCODataModule(ImageDataModule):
         self.train_split = train_split
         self.val_split = val_split
         self.masks = masks
+        self.group_aspect_ratio = bool(group_aspect_ratio)
         if masks:
             _mask_api()  # pycocotools is there: fail at construction, not in a loader worker
         self.num_classes = COCO_NUM_CLASSES
@@ -456,6 +477,13 @@ class COCODataModule(ImageDataModule):
         return COCODetectionDataset(
             image_dir, annotations, ann_file, flip_prob=flip_prob, keep_empty=keep_empty, masks=self.masks
         )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches, grouped by aspect ratio unless ``group_aspect_ratio=False``."""
+        if not self.group_aspect_ratio:
+            return super().train_dataloader()
+        train = self._datasets()[0]
+        return self._loader(train, shuffle=True, group_ids=aspect_ratio_groups(train).tolist())
 
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         train = self._split(self.train_split, self.flip_prob, keep_empty=not self.skip_empty_train)

@@ -10,10 +10,10 @@ from torch.utils.data import Dataset
 
 from .base import ImageDataModule
 from .datasets import DataFileError, ImageFileDataset, folder_split_classes, scan_split
-from .download import DownloadError, download_and_extract
+from .download import DownloadError, UnwritableError, download_and_extract, writable_dir
 from .transforms import TRAIN_CROPS, TrainCrop, imagenet_transforms
 
-__all__ = ["CUB200DataModule", "CUB_LAYOUTS", "CUB_MD5", "CUB_URL", "detect_cub_layout"]
+__all__ = ["CUB200DataModule", "CUB_LAYOUTS", "CUB_MD5", "CUB_URL", "check_cub_tree", "detect_cub_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,20 @@ def detect_cub_layout(root: str | Path) -> tuple[str, Path]:
     entries = sorted(os.listdir(root))
     held = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "") if entries else "nothing"
     raise FileNotFoundError(f"no CUB-200 layout found at {root} (it holds: {held}); {CUB_LAYOUTS}")
+
+
+def check_cub_tree(data_dir: Path) -> None:
+    """A complete official tree at ``data_dir``: the four text files, consistent, and every image they list
+    (``FileNotFoundError`` / ``ValueError`` naming what is wrong). Run on an extracted archive before it is moved
+    into place."""
+    kind, found = detect_cub_layout(data_dir)
+    if kind != "official" or found != Path(data_dir):
+        raise FileNotFoundError(f"{data_dir} is not the official CUB_200_2011 tree")
+    _, train, test = CUB200DataModule._read_official(found)
+    missing = [path for path, _ in train + test if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) listed in images.txt are missing, e.g. "
+                                f"{os.path.relpath(missing[0], data_dir)}")
 
 
 class CUB200DataModule(ImageDataModule):
@@ -209,6 +223,10 @@ class CUB200DataModule(ImageDataModule):
         # root may name the data set folder itself (/data/CUB_200_2011): extract beside it
         parent = root.parent if root.name == CUB_DIR else root
         target = parent / CUB_DIR
+        if root.exists() and not root.is_dir():
+            raise DownloadError(f"CUB-200 root {root} is a file, not a folder: download=True extracts the archive "
+                                "into a folder; pass root=<a folder> (created if missing)")
+        writable_dir(parent, what="the CUB-200 download")  # a file on the way, a read-only folder: one line
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             try:
                 detect_cub_layout(root)
@@ -220,11 +238,13 @@ class CUB200DataModule(ImageDataModule):
         if target.is_dir():
             target.rmdir()  # an empty folder made by hand: the extracted one takes its place
         try:
-            download_and_extract(self.url, parent, CUB_DIR, md5=self.md5)
+            download_and_extract(self.url, parent, CUB_DIR, md5=self.md5, check=check_cub_tree)
+        except UnwritableError:
+            raise  # says what to do: another root
         except DownloadError as error:
-            raise type(error)(  # DownloadError or ChecksumError
+            raise type(error)(  # DownloadError or ChecksumError; one line (the layouts are in the class docstring)
                 f"CUB-200 download failed: {error}. Without internet, download {self.url} elsewhere and extract "
-                f"it into {parent} (giving {target}/images/...); {CUB_LAYOUTS}"
+                f"it into {parent} (giving {target}/ with images/, images.txt, classes.txt, ...)"
             ) from error
 
     @staticmethod

@@ -5,8 +5,11 @@
 1. the archive is streamed to a temporary file in the destination folder (``.<name>.part-*``), with a
    tqdm progress bar; a connection that ends before ``Content-Length`` bytes arrived is an error;
 2. its MD5 is checked: a mismatch is a :class:`ChecksumError` naming the expected and actual sums and the URL;
-3. it is extracted into a temporary folder beside the destination (``.<name>.extract-*``) and each top-level
-   entry is moved into place with ``os.replace``, the data set's own folder last.
+3. it is extracted into a temporary folder beside the destination (``.<name>.extract-*``); members with an
+   absolute path or a ``..`` component, links and devices are refused; the extracted tree is checked (the
+   data module's layout check: an archive with the right MD5 but an incomplete tree is an error, nothing is
+   moved into place) and each top-level entry is moved into place with ``os.replace``, the data set's own
+   folder last.
 
 A failed or interrupted download or extraction removes its temporary files: no half tree is left behind
 that a later run could take for the data. ``MGD_LIGHTNING_OFFLINE=1`` refuses every download
@@ -23,17 +26,20 @@ import tarfile
 import tempfile
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
     "OFFLINE_ENV",
     "ChecksumError",
     "DownloadError",
+    "UnwritableError",
     "download_and_extract",
     "download_file",
     "downloads_disabled",
     "extract_archive",
     "md5sum",
+    "writable_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,9 +58,39 @@ class ChecksumError(DownloadError):
     """A downloaded file whose MD5 is not the expected one."""
 
 
+class UnwritableError(DownloadError):
+    """A download destination that cannot be written: a file where a folder should be, a read-only folder."""
+
+
 def downloads_disabled() -> bool:
     """Whether ``MGD_LIGHTNING_OFFLINE`` switches downloads off."""
     return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _unwritable(folder: Path, what: str, error: OSError) -> str:
+    reason = error.strerror or type(error).__name__
+    return (f"cannot write {what} into {folder} ({type(error).__name__}: {reason}): "
+            "pass a root folder this process can write to")
+
+
+def writable_dir(folder: str | Path, what: str = "the data") -> Path:
+    """``folder``, created if missing; :class:`DownloadError` (one line) when it is a file, under a file, or not
+    writable (a read-only file system or folder)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UnwritableError(f"cannot write {what} into {folder}: it is a file, not a folder; pass a folder as root")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        blocker = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise UnwritableError(
+                f"cannot write {what} into {folder}: {blocker} is a file, not a folder; pass a folder as root"
+            ) from None
+        raise UnwritableError(_unwritable(folder, what, error)) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UnwritableError(_unwritable(folder, what, PermissionError(13, "Permission denied")))
+    return folder
 
 
 def md5sum(path: str | Path) -> str:
@@ -82,8 +118,11 @@ def download_file(url: str, dest: str | Path, md5: str | None = None, progress: 
     dest = Path(dest)
     if downloads_disabled():
         raise DownloadError(f"{OFFLINE_ENV}=1: not downloading {url} to {dest}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.part-", dir=dest.parent)
+    writable_dir(dest.parent, what=f"the download of {url}")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.part-", dir=dest.parent)
+    except OSError as error:
+        raise UnwritableError(_unwritable(dest.parent, f"the download of {url}", error)) from None
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -119,8 +158,21 @@ def download_file(url: str, dest: str | Path, md5: str | None = None, progress: 
     return dest
 
 
+def _check_members(archive: tarfile.TarFile) -> None:
+    """Refuse members that would land outside the extraction folder: an absolute path (``/etc/x``, ``C:/x``,
+    which tarfile's data filter would silently extract under the folder) or a ``..`` component."""
+    for member in archive.getmembers():
+        name = member.name
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or os.path.isabs(name) or (name[1:2] == ":" and name[:1].isalpha()):
+            raise DownloadError(f"unsafe archive member {name!r} (an absolute path): refusing to extract it")
+        if ".." in parts:
+            raise DownloadError(f"unsafe archive member {name!r} (a '..' component): refusing to extract it")
+
+
 def _extract_all(archive: tarfile.TarFile, into: Path) -> None:
-    if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12: refuses absolute paths, links out, devices
+    _check_members(archive)
+    if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12: refuses links out and devices
         archive.extractall(into, filter="data")
         return
     base = os.path.realpath(into)
@@ -131,18 +183,24 @@ def _extract_all(archive: tarfile.TarFile, into: Path) -> None:
     archive.extractall(into)  # noqa: S202 (members checked above)
 
 
-def extract_archive(archive: str | Path, parent: str | Path, main: str) -> Path:
+def extract_archive(archive: str | Path, parent: str | Path, main: str,
+                    check: Callable[[Path], None] | None = None) -> Path:
     """Extract a tar archive (``.tgz``, ``.tar.gz``, ``.tar``) into ``parent`` atomically; returns ``parent/main``.
 
     The archive is extracted into a temporary folder in ``parent``, then each top-level entry is moved into
     ``parent`` with ``os.replace``, ``main`` (the data set's folder, which must be in the archive) last, so that
     ``parent/main`` exists only once everything is there. Existing top-level entries other than ``main`` are
     kept (e.g. a ``README`` beside the data set). If ``parent/main`` appears meanwhile (another process did
-    the same download), that copy is kept.
+    the same download), that copy is kept. ``check(extracted_main)``, when given, runs before anything is moved
+    into place: its ``FileNotFoundError`` / ``ValueError`` (an incomplete or malformed tree) becomes a
+    :class:`DownloadError` and nothing is left behind.
     """
     archive, parent = Path(archive), Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{main}.extract-", dir=parent))
+    writable_dir(parent, what=f"the contents of {archive.name}")
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{main}.extract-", dir=parent))
+    except OSError as error:
+        raise UnwritableError(_unwritable(parent, f"the contents of {archive.name}", error)) from None
     try:
         try:
             with tarfile.open(archive) as tar:
@@ -152,6 +210,16 @@ def extract_archive(archive: str | Path, parent: str | Path, main: str) -> Path:
         entries = sorted(os.listdir(staging))
         if main not in entries:
             raise DownloadError(f"{archive} has no top-level {main}/ (it holds: {', '.join(entries) or 'nothing'})")
+        if check is not None:
+            try:
+                check(staging / main)
+            except (FileNotFoundError, ValueError) as error:
+                first = str(error).splitlines()[0].split("; expected ")[0].replace(str(staging / main), main)
+                raise DownloadError(
+                    f"{archive.name} extracted to an incomplete or malformed {main}/ ({first}); nothing was moved "
+                    f"into {parent}: the archive itself is incomplete (its checksum matched, so downloading it "
+                    "again gives the same tree); use another copy of the data set (url=..., md5=...)"
+                ) from None
         for name in [e for e in entries if e != main] + [main]:
             target = parent / name
             if target.exists():
@@ -165,10 +233,11 @@ def extract_archive(archive: str | Path, parent: str | Path, main: str) -> Path:
 
 
 def download_and_extract(url: str, parent: str | Path, main: str, md5: str | None = None,
-                         filename: str | None = None, keep_archive: bool = False, progress: bool = True) -> Path:
-    """Download the archive at ``url`` into ``parent``, verify its MD5, extract it atomically (:func:`extract_archive`)
-    and, unless ``keep_archive``, delete it; returns ``parent/main``. A no-op (no request) when ``parent/main``
-    exists."""
+                         filename: str | None = None, keep_archive: bool = False, progress: bool = True,
+                         check: Callable[[Path], None] | None = None) -> Path:
+    """Download the archive at ``url`` into ``parent``, verify its MD5, extract it atomically (:func:`extract_archive`,
+    with its tree ``check``) and, unless ``keep_archive``, delete it; returns ``parent/main``. A no-op (no request)
+    when ``parent/main`` exists."""
     parent = Path(parent)
     target = parent / main
     if target.exists():
@@ -177,7 +246,7 @@ def download_and_extract(url: str, parent: str | Path, main: str, md5: str | Non
     log.info("downloading %s to %s", url, archive)
     download_file(url, archive, md5=md5, progress=progress)
     try:
-        return extract_archive(archive, parent, main)
+        return extract_archive(archive, parent, main, check=check)
     finally:
         if not keep_archive:
             archive.unlink(missing_ok=True)

@@ -181,6 +181,11 @@ class FashionMNISTDataModule(ImageDataModule):
         train_per_class: keep N training images of each class (a small target set, like CUB-200's 30 per
             class), the first N of each class in a permutation seeded by ``seed``: the images for N are a
             subset of those for any larger N. Applied before ``limit_train``; ``None``: all.
+        image_size: upsample the 28 x 28 images (after the crop) to ``image_size`` x ``image_size``, for
+            networks pre-trained on larger images; ``None``: 28.
+        mean, std: the grey normalisation (the same for each repeated channel); ``None``: Fashion-MNIST's own
+            statistics. The EfficientNet-Lite ImageNet weights want ``mean=127/255, std=128/255``
+            (:data:`mgd_lightning.models.efficientnet_lite.LITE_MEAN`).
 
     Example, in a LightningCLI config:
 
@@ -206,6 +211,9 @@ class FashionMNISTDataModule(ImageDataModule):
         seed: int = 0,
         classes: list[int] | None = None,
         train_per_class: int | None = None,
+        image_size: int | None = None,
+        mean: float | None = None,
+        std: float | None = None,
     ) -> None:
         super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if channels < 1:
@@ -223,9 +231,16 @@ class FashionMNISTDataModule(ImageDataModule):
         if train_per_class is not None and train_per_class < 1:
             raise ValueError(f"train_per_class must be >= 1 or None, got {train_per_class}")
         self.train_per_class = train_per_class
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be >= 1 or None, got {image_size}")
+        if std is not None and std <= 0:
+            raise ValueError(f"std must be > 0 or None, got {std}")
+        self.image_size = image_size
+        self.mean = FASHION_MNIST_MEAN if mean is None else (float(mean),)
+        self.std = FASHION_MNIST_STD if std is None else (float(std),)
         self.num_classes = len(self.class_indices)
         self.classes = [FASHION_MNIST_CLASSES[c] for c in self.class_indices]
-        self.input_size = (channels, 28, 28)
+        self.input_size = (channels, image_size or 28, image_size or 28)
         self.data_dir = self._find()
         if self.data_dir is None and not download:
             raise FileNotFoundError(self._not_found_message())
@@ -276,7 +291,8 @@ class FashionMNISTDataModule(ImageDataModule):
             keep = per_class_indices(train_y, self.train_per_class, self.seed)
             train_x, train_y = train_x[keep], train_y[keep]
         tf = {
-            train: grey_transforms(train, 28, FASHION_MNIST_MEAN, FASHION_MNIST_STD, self.augment, self.channels)
+            train: grey_transforms(train, 28, self.mean, self.std, self.augment, self.channels,
+                                   resize=self.image_size)
             for train in (True, False)
         }
         train_set = TensorImageDataset(train_x, train_y, tf[True])

@@ -5,8 +5,10 @@
   ``cls/main_mgd.py`` and ``cls/main_base.py`` do), or ``Resize(256)`` + ``RandomCrop(224)`` + flip
   (``train_crop="resize_random"``: the paper's wording, "randomly crop 224 from 256"); eval (and the
   matching pass) = ``Resize(256)`` + ``CenterCrop(224)`` either way; ImageNet mean/std.
-* CIFAR-100 (:func:`cifar_transforms`): train = ``RandomCrop(32, padding=4)`` + flip; eval = to tensor
-  + normalise with the CIFAR-100 mean/std.
+* CIFAR-100 (:func:`cifar_transforms`): OFD's training code (``recipe="ofd"``, the default; the paper's CIFAR-100
+  table follows it): train = ``Pad(4, padding_mode="reflect")`` + flip + ``RandomCrop(32)``; eval = to tensor;
+  both normalised with OFD's mean/std. ``recipe="zero_pad"`` (opt-in, this package's earlier pipeline):
+  ``RandomCrop(32, padding=4)`` (zeros) + flip, the CIFAR-100 mean/std.
 * grey images, Fashion-MNIST and scikit-learn's digits (:func:`grey_transforms`): optional pad-and-crop
   augmentation (no flip: it would change digits), normalise, and optionally repeat the grey channel to 3.
 
@@ -28,6 +30,9 @@ from PIL import Image
 __all__ = [
     "CIFAR100_MEAN",
     "CIFAR100_STD",
+    "CIFAR_RECIPES",
+    "OFD_CIFAR_MEAN",
+    "OFD_CIFAR_STD",
     "DIGITS_MEAN",
     "DIGITS_STD",
     "FASHION_MNIST_MEAN",
@@ -46,6 +51,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+# OFD's CIFAR-100 normalisation (clovaai/overhaul-distillation, CIFAR-100/train_with_distillation.py):
+# np.array([125.3, 123.0, 113.9]) / 255 and np.array([63.0, 62.1, 66.7]) / 255 (CIFAR-10's statistics).
+OFD_CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+OFD_CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+#: ``recipe`` values of :func:`cifar_transforms`: ``"ofd"`` (OFD's training code, the default), ``"zero_pad"``
+CIFAR_RECIPES = ("ofd", "zero_pad")
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 # scikit-learn's digits scaled to 0..1 (pixel / 16), bilinearly resized to 16 x 16.
@@ -124,10 +135,31 @@ def imagenet_transforms(
     return T.Compose([*steps, ToFloatTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def cifar_transforms(train: bool, image_size: int = 32, padding: int = 4) -> T.Compose:
-    """CIFAR pipeline: ``RandomCrop(32, padding=4)`` + horizontal flip when training; CIFAR-100 normalisation."""
-    steps: list[Any] = [T.RandomCrop(image_size, padding=padding), T.RandomHorizontalFlip()] if train else []
-    return T.Compose([*steps, ToFloatTensor(), T.Normalize(CIFAR100_MEAN, CIFAR100_STD)])
+def cifar_transforms(train: bool, image_size: int = 32, padding: int = 4, recipe: str = "ofd") -> T.Compose:
+    """The CIFAR-100 pipeline: a padded random ``image_size`` crop + horizontal flip to train, none to evaluate.
+
+    Args:
+        train: the training pipeline (pad, flip, random crop) when true; else the evaluation one (normalise only).
+        image_size: side of the (square) image and of the crop (32).
+        padding: pixels added on each side before the random crop (4).
+        recipe: ``"ofd"`` (default): OFD's training code (``CIFAR-100/train_with_distillation.py``, whose recipe the
+            paper's CIFAR-100 table and this package's CIFAR configs follow): ``Pad(padding,
+            padding_mode="reflect")``, ``RandomHorizontalFlip()``, ``RandomCrop(image_size)``, in that order, and
+            OFD's mean / std (:data:`OFD_CIFAR_MEAN`, :data:`OFD_CIFAR_STD`) for training and evaluation.
+            ``"zero_pad"`` (opt-in, this package's earlier pipeline, the common torchvision recipe):
+            ``RandomCrop(image_size, padding=padding)`` (zero padding) + flip, :data:`CIFAR100_MEAN` /
+            :data:`CIFAR100_STD`.
+    """
+    if recipe not in CIFAR_RECIPES:
+        raise ValueError(f"recipe must be one of {CIFAR_RECIPES}; got {recipe!r}")
+    if recipe == "ofd":
+        mean, std = OFD_CIFAR_MEAN, OFD_CIFAR_STD
+        steps: list[Any] = [T.Pad(padding, padding_mode="reflect"), T.RandomHorizontalFlip(),
+                            T.RandomCrop(image_size)] if train else []
+    else:
+        mean, std = CIFAR100_MEAN, CIFAR100_STD
+        steps = [T.RandomCrop(image_size, padding=padding), T.RandomHorizontalFlip()] if train else []
+    return T.Compose([*steps, ToFloatTensor(), T.Normalize(mean, std)])
 
 
 def grey_transforms(
@@ -138,19 +170,24 @@ def grey_transforms(
     augment: bool = True,
     channels: int = 1,
     padding: int = 2,
+    resize: int | None = None,
 ) -> T.Compose:
-    """Grey images (Fashion-MNIST, digits): optional pad-and-crop when training, normalise, repeat channels.
+    """Grey images (Fashion-MNIST, digits): optional pad-and-crop when training, resize, normalise, repeat channels.
 
     Args:
         train: apply the augmentation (when ``augment`` too).
-        size: side of the (square) input image, kept as it is.
+        size: side of the (square) input image as stored.
         mean, std: one-channel normalisation.
         augment: zero-pad by ``padding`` pixels and take a random ``size`` crop when training.
         channels: 1 keeps the grey channel; 3 repeats it so ImageNet-style models can take the images.
         padding: pad of the random crop.
+        resize: upsample (bilinear, antialiased) to ``resize`` x ``resize`` after the crop, e.g. for networks
+            pre-trained on larger images; ``None``: keep ``size``.
     """
     steps: list[Any] = [ToFloatTensor()]
     if train and augment and padding > 0:
         steps.append(T.RandomCrop(size, padding=padding))
+    if resize is not None and resize != size:
+        steps.append(T.Resize((resize, resize), interpolation=T.InterpolationMode.BILINEAR, antialias=True))
     steps += [T.Normalize(tuple(mean), tuple(std)), RepeatChannels(channels)]
     return T.Compose(steps)

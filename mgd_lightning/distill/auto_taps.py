@@ -24,17 +24,25 @@ submodule, in eval mode, activations temporarily not inplace) and applies this r
    a. ``X`` is the output of an activation module (ReLU, ReLU6, SiLU, GELU, Hardswish, ...): the input of
       that call. For a ResNet-like block whose last op is a residual add without a module, this is the sum
       before the block's last ReLU: ``Tap("layerK.N.relu", "input")``, the ResNet preset's tensor.
-   b. ``X`` is normalised then activated (a pre-activation BN, DenseNet's transitions): the input of that
-      activation.
+   a'. ``X`` is the output of a functional activation (``F.relu(self.bn(x))``, ``torch.relu``, ``x.relu_()``,
+      ..., traced with a ``TorchFunctionMode``; those inside activation modules are theirs): its input, the output
+      of the module that made it (a plain CNN's BatchNorm outputs; GoogLeNet's stem stages, ``conv1.bn``,
+      ``conv3.bn``).
+   b. ``X`` is normalised then activated, by a module or functionally (a pre-activation BN, DenseNet's
+      transitions): the input of that activation.
+   b'. ``X`` itself is then activated functionally: ``X``, as the output of the innermost module that returned
+      it (DenseNet's last stage: ``features.norm5``, then ``F.relu(features, inplace=True)``).
    c. Otherwise (linear bottlenecks: MobileNet-V3, EfficientNet, MNASNet) the last activation input of the
       stage's size computed before ``X``: the expanded depthwise-BN output of the stage's last unit (the
       MobileNet-V2 preset's tensor, paper Fig. 3b).
-   d. Otherwise (no activation module at the stage's size: ConvNeXt, whose GELU runs channels-last, or
-      GoogLeNet's functional ReLUs) ``X`` itself, the stage output.
+   d. Otherwise (no activation at the stage's size: ConvNeXt, whose GELU runs channels-last; GoogLeNet's
+      inception stages, which end on a concatenation of activated branches: no pre-activation tensor exists)
+      ``X`` itself, the stage output.
 
    A candidate is kept only if a hook can take exactly it (the module call is the module's last call in
-   the forward) and nothing modifies it in place later (e.g. a functional ``F.relu(x, inplace=True)``);
-   the activation modules that would overwrite it are listed in ``Tap.non_inplace``.
+   the forward) and nothing modifies it in place later; the activation modules that would overwrite it are
+   listed in ``Tap.non_inplace``, and a tensor that a functional activation overwrites in place (a', b, b')
+   is kept as a copy (``Tap.clone``).
 
 The taps come highest resolution first, one per stage, the stem's too (the ResNet presets skip it: there
 ``auto_taps(model)[1:]`` equals the preset). :class:`~mgd_lightning.DistillationModule` pairs a teacher and a
@@ -49,6 +57,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from .taps import Tap
 
@@ -83,6 +92,45 @@ class _Call:
     consumers: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _Func:
+    """A functional activation call (``F.relu``, ``torch.relu_``, ``x.relu()``, ...) outside activation modules."""
+
+    time: int
+    inp: torch.Tensor
+    inp_version: int
+    out: torch.Tensor
+    out_version: int
+
+
+#: functional activations (by name, without a trailing ``_``): they activate a tensor no module returns
+_FUNCTIONAL_ACTIVATIONS = {
+    "relu", "relu6", "silu", "gelu", "hardswish", "mish", "leaky_relu", "elu", "celu", "selu", "hardtanh",
+    "softplus", "prelu", "rrelu",
+}
+
+
+class _FunctionalActivations(TorchFunctionMode):
+    """Records the functional activation calls of a forward (not those inside an activation module)."""
+
+    def __init__(self, calls: list[_Call], open_stack: list[int], clock: list[int], funcs: list[_Func]) -> None:
+        super().__init__()
+        self.calls, self.open_stack, self.clock, self.funcs = calls, open_stack, clock, funcs
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        inp = args[0] if args else None
+        record = (name.rstrip("_") in _FUNCTIONAL_ACTIVATIONS and isinstance(inp, torch.Tensor)
+                  and not (self.open_stack and _is_activation(self.calls[self.open_stack[-1]].module)))
+        version = inp._version if record else 0
+        out = func(*args, **kwargs)
+        if record and isinstance(out, torch.Tensor):
+            self.clock[0] += 1
+            self.funcs.append(_Func(self.clock[0], inp, version, out, out._version))
+        return out
+
+
 def _spatial(t: torch.Tensor | None) -> tuple[int, ...] | None:
     return tuple(t.shape[2:]) if isinstance(t, torch.Tensor) and t.dim() == 4 else None
 
@@ -91,9 +139,11 @@ def _smaller(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return a != b and all(x <= y for x, y in zip(a, b))
 
 
-def _trace(model: nn.Module, example: torch.Tensor) -> list[_Call]:
+def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], list[_Func]]:
     calls: list[_Call] = []
+    funcs: list[_Func] = []
     open_calls: dict[int, list[int]] = {}
+    open_stack: list[int] = []  # the module calls under way, innermost last
     clock = [0]
     handles = []
 
@@ -103,11 +153,15 @@ def _trace(model: nn.Module, example: torch.Tensor) -> list[_Call]:
         if args and isinstance(args[0], torch.Tensor):
             call.inp, call.inp_version = args[0], args[0]._version
         open_calls.setdefault(id(module), []).append(len(calls))
+        open_stack.append(len(calls))
         calls.append(call)
 
     def post(name, module, args, output):
         clock[0] += 1
-        call = calls[open_calls[id(module)].pop()]
+        index = open_calls[id(module)].pop()
+        if index in open_stack:
+            open_stack.remove(index)
+        call = calls[index]
         call.end = clock[0]
         if isinstance(output, torch.Tensor):
             call.out, call.out_version = output, output._version
@@ -123,7 +177,7 @@ def _trace(model: nn.Module, example: torch.Tensor) -> list[_Call]:
         for m in inplace:
             m.inplace = False
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), _FunctionalActivations(calls, open_stack, clock, funcs):
             model(example)
     finally:
         for h in handles:
@@ -132,10 +186,11 @@ def _trace(model: nn.Module, example: torch.Tensor) -> list[_Call]:
             m.inplace = flag
         for m, flag in training.items():
             m.training = flag
-    return calls
+    return calls, funcs
 
 
-def _stage_taps(calls: list[_Call], example: torch.Tensor) -> list[tuple[Tap, tuple[int, ...]]]:
+def _stage_taps(calls: list[_Call], example: torch.Tensor,
+                funcs: Sequence[_Func] = ()) -> list[tuple[Tap, tuple[int, ...]]]:
     last_call: dict[str, int] = {}
     for i, c in enumerate(calls):
         last_call[c.name] = i
@@ -175,6 +230,21 @@ def _stage_taps(calls: list[_Call], example: torch.Tensor) -> list[tuple[Tap, tu
             p = calls[j]
             if last_call[p.name] == j and p.out_version == version:
                 return Tap(p.name, "output", inplace_consumers(t))
+        return None
+
+    func_by_input: dict[int, list[_Func]] = {}
+    func_by_output: dict[int, list[_Func]] = {}
+    for f in funcs:
+        func_by_input.setdefault(id(f.inp), []).append(f)
+        func_by_output.setdefault(id(f.out), []).append(f)
+
+    def pre_functional_tap(t: torch.Tensor, version: int) -> Tap | None:
+        """``t`` (at ``version``), the input of a functional activation, as the output of the innermost module
+        that returned it; cloned when the forward changes it in place later (``F.relu(x, inplace=True)``)."""
+        for j in reversed(by_output.get(id(t), ())):  # the innermost (a child starts after its parent)
+            p = calls[j]
+            if last_call[p.name] == j and p.out_version == version:
+                return Tap(p.name, "output", inplace_consumers(t), clone=not unmodified(t, version))
         return None
 
     convs = [(i, _spatial(c.inp), _spatial(c.out)) for i, c in enumerate(calls)
@@ -218,7 +288,14 @@ def _stage_taps(calls: list[_Call], example: torch.Tensor) -> list[tuple[Tap, tu
                 tap = act_input_tap(j)
                 if tap is not None:
                     break
-        # b. X normalised, then activated
+        # a'. X is a functional activation's output (F.relu(self.bn(x))): the input of that activation
+        if tap is None:
+            for f in func_by_output.get(id(x), ()):
+                if f.out_version == x_version:
+                    tap = pre_functional_tap(f.inp, f.inp_version)
+                    if tap is not None:
+                        break
+        # b. X normalised, then activated (by a module, or functionally)
         if tap is None:
             for j in by_input.get(id(x), ()):
                 n = calls[j]
@@ -226,8 +303,13 @@ def _stage_taps(calls: list[_Call], example: torch.Tensor) -> list[tuple[Tap, tu
                     acts = [k for k in by_input.get(id(n.out), ()) if _is_activation(calls[k].module)]
                     if acts:
                         tap = act_input_tap(acts[0])
-                        if tap is not None:
-                            break
+                    elif any(f.inp_version == n.out_version for f in func_by_input.get(id(n.out), ())):
+                        tap = pre_functional_tap(n.out, n.out_version)
+                    if tap is not None:
+                        break
+        # b'. X itself activated functionally (DenseNet: features.norm5, then F.relu(inplace=True))
+        if tap is None and any(f.inp_version == x_version for f in func_by_input.get(id(x), ())):
+            tap = pre_functional_tap(x, x_version)
         # c. the last activation input of this size computed before X
         if tap is None:
             for j in range(len(calls) - 1, -1, -1):
@@ -263,20 +345,28 @@ def auto_taps(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> li
     param = next(model.parameters(), None)
     example = torch.zeros(1, *size, device=param.device if param is not None else "cpu")
     try:
-        calls = _trace(model, example)
+        calls, funcs = _trace(model, example)
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as err:
         raise ValueError(
             f"automatic taps for {type(model).__name__}: the model cannot run a (1, {', '.join(map(str, size))}) "
             f"probe input ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
             "give the training input size (input_size=(C, H, W))"
         ) from err
-    taps = [tap for tap, _ in _stage_taps(calls, example)]
+    taps = [tap for tap, _ in _stage_taps(calls, example, funcs)]
     if not taps:
+        how = ("pass teacher_taps=[...] / student_taps=[...] with module names from model.named_modules() (a name, "
+               "or 'name:input' for the input of the module's last call)")
+        sizes = sorted({s for c in calls if isinstance(c.module, nn.Conv2d) and (s := _spatial(c.out))}, reverse=True)
+        if not sizes:
+            raise ValueError(
+                f"automatic taps for {type(model).__name__}: no spatial stages found (no nn.Conv2d module returns "
+                f"NCHW feature maps: the network convolves functionally, or not at all): {how}"
+            )
         raise ValueError(
-            f"automatic taps for {type(model).__name__}: no spatial stages found (no convolution output of "
-            "NCHW feature maps that the network goes on to reduce; a vision transformer has none): pass "
-            "teacher_taps=[...] / student_taps=[...] with module names from model.named_modules() (a name, or "
-            "'name:input' for the input of the module's last call)"
+            f"automatic taps for {type(model).__name__}: no spatial stages found with a tensor a hook can take "
+            f"(nn.Conv2d outputs of sizes {sizes}): either no module goes on with them as feature maps (a vision "
+            "transformer flattens its patch embedding into tokens), or each stage's pre-activation tensor is made "
+            f"by functional ops (x * s, torch.cat, ...) that no module returns: {how}"
         )
     return taps
 

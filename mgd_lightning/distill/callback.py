@@ -23,7 +23,8 @@ train mode), and the next update solves on them. The first update of a ``fit`` (
 accumulated costs are not checkpointed) still runs the pass.
 
 Step-based schedule (detection). ``update_every_n_steps=N`` or ``step_schedule=[[start_step, every], ...]``
-(:mod:`mgd_lightning.distill.step_schedule`; the reference detection code's ``[[0, 5000], [20000, 31000]]``) update
+(:mod:`mgd_lightning.distill.step_schedule`: at steps ``s % every == 0`` of each segment, as the reference detection
+code; its ``[[0, 5000], [20000, 31000]]`` updates at 0, 5k, 10k, 15k, 31k, 62k of 90k steps) update
 the matching before the training batches of those global steps instead of at epoch starts (the epoch schedule,
 ``update_every_n_epochs``, is then not used). The first update of a run is at its first step. The step of the last
 update is in the callback's ``state_dict``, so ``fit(ckpt_path=...)`` goes on with the schedule (a checkpoint
@@ -40,9 +41,10 @@ start; the matching itself is kept). ``fit(ckpt_path=...)`` resumes the checkpoi
 
 Randomness. The pass draws its subset with its own generator and runs under
 :func:`~lightning_fabric.utilities.seed.isolate_rng`: it leaves the global torch / numpy / Python random states
-as it found them, so the training data order and augmentation do not depend on whether (or where) a pass ran,
-which a bit-exact resume needs (:class:`~mgd_lightning.distill.module.DistillationModule` checkpoints the
-random states).
+as it found them, so the training data order and augmentation do not depend on whether (or where) a pass ran;
+inside it the states are seeded with ``seed`` + epoch (or step) + rank, so an augmenting dataset gives the pass the
+same images in a resumed run as in the uninterrupted one. Both are what a bit-exact resume needs
+(:class:`~mgd_lightning.distill.module.DistillationModule` checkpoints the random states).
 """
 
 from __future__ import annotations
@@ -85,9 +87,10 @@ class MGDMatchingCallback(pl.Callback):
             ``True``: the taps after the student-side BatchNorm (in eval mode for the pass).
         update_every_n_steps: update every N training steps (from step 0) instead of by epochs; the shorthand
             of ``step_schedule=[[0, N]]``.
-        step_schedule: ``[[start_step, every], ...]``: from each ``start_step`` on, update every ``every`` steps
-            (:mod:`~mgd_lightning.distill.step_schedule`; the reference detection schedule is
-            ``[[0, 5000], [20000, 31000]]``). ``None`` (default) with ``update_every_n_steps=None``: by epochs.
+        step_schedule: ``[[start_step, every], ...]``: from each ``start_step`` on (until the next), update at
+            the steps that are multiples of ``every`` (:mod:`~mgd_lightning.distill.step_schedule`; the reference
+            detection schedule is ``[[0, 5000], [20000, 31000]]``: 0, 5k, 10k, 15k, 31k, 62k of 90k). ``None``
+            (default) with ``update_every_n_steps=None``: by epochs.
 
     Attributes:
         history: one dict per update (epoch, step, images, pass and solve seconds, and per tap the
@@ -233,7 +236,11 @@ class MGDMatchingCallback(pl.Callback):
                 "Dataset, or give the data module a matching_dataset() method returning one (e.g. the training "
                 "images with evaluation transforms)"
             )
-        batch_size = self.batch_size or (loader.batch_size if isinstance(loader, DataLoader) else None) or 64
+        # a loader with a batch sampler (COCO's aspect-ratio groups) has batch_size None: its sampler's
+        batch_size = self.batch_size or (
+            (loader.batch_size or getattr(loader.batch_sampler, "batch_size", None))
+            if isinstance(loader, DataLoader) else None
+        ) or 64
         num_workers = self.num_workers
         if num_workers is None:
             num_workers = loader.num_workers if isinstance(loader, DataLoader) else 0
@@ -293,6 +300,17 @@ class MGDMatchingCallback(pl.Callback):
                 bar.close()
         return costs, count
 
+    @staticmethod
+    def _seed_pass(seed: int) -> None:
+        """Seed torch, numpy and Python ``random`` for the pass (inside ``isolate_rng``, which restores them)."""
+        import random
+
+        import numpy as np
+
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator a dataset's augmentation may use
+        random.seed(seed)
+
     def _progress(self, trainer: pl.Trainer, total: int):
         if not (self.progress_bar and trainer.is_global_zero and trainer.progress_bar_callback is not None):
             return None
@@ -313,6 +331,9 @@ class MGDMatchingCallback(pl.Callback):
             local_costs, local_count, source = self._online_costs, self._online_count, "online"
         else:
             with isolate_rng():  # augmentation in the pass's dataset must not shift the training's random draws
+                # ... nor depend on them: the pass draws from its own seed, so a resumed run (whose global random
+                # states are the checkpoint's) sees the same images as the uninterrupted one
+                self._seed_pass(self.seed + self._draw(trainer) + trainer.global_rank)
                 (local_costs, local_count), source = self.compute_costs(trainer, pl_module), "pass"
         self._online_costs, self._online_count = [], None
         costs = [self._gather_sum(trainer, c) for c in local_costs]

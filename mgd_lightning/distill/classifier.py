@@ -23,18 +23,51 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mgd_lightning._lightning import PossibleUserWarning, pl
+from mgd_lightning._lightning import PossibleUserWarning, pl, warn_if_mixed_namespaces
 from mgd_lightning.tasks import Task, resolve_task
 from mgd_lightning.tasks.base import total_loss
 from mgd_lightning.tasks.classification import infer_num_classes, split_batch
 
-__all__ = ["ClassificationModule", "LR_INTERVALS", "WarmupMultiStepLR", "split_batch", "infer_num_classes"]
+from .checkpoint_io import use_atomic_checkpoint_io
+
+__all__ = [
+    "ClassificationModule", "LR_INTERVALS", "NORM_TYPES", "ModelDataMismatchError", "NonFiniteLossError",
+    "WarmupMultiStepLR", "decay_param_groups", "infer_num_classes", "split_batch",
+]
 
 #: units of ``lr_milestones`` and the warm-up: epochs (classification recipes) or optimizer steps (detection)
 LR_INTERVALS = ("epoch", "step")
 
 #: learning-rate factor at the first warm-up epoch (reference ``cls/main_mgd.py``: ``warmup_factor=0.1``).
 WARMUP_START_FACTOR = 0.1
+
+#: normalisation layers whose own parameters ``weight_decay_norm`` applies to (Detectron2's
+#: ``get_default_optimizer_params``: batch, sync-batch, group, instance and layer norms)
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def decay_param_groups(
+    modules: Sequence[nn.Module], weight_decay: float, weight_decay_norm: float | None = None
+) -> list[dict[str, Any]]:
+    """SGD parameter groups over the trainable parameters of ``modules``, in their ``parameters()`` order.
+
+    ``weight_decay_norm`` ``None`` or equal to ``weight_decay``: one group, every parameter decayed by
+    ``weight_decay``. Otherwise two groups: ``{"params": others, "weight_decay": weight_decay}`` and ``{"params":
+    the own parameters of the norm layers (:data:`NORM_TYPES`), "weight_decay": weight_decay_norm}`` (Detectron2's
+    ``SOLVER.WEIGHT_DECAY_NORM``, 0 by default); a group left empty is omitted.
+    """
+    if weight_decay_norm is not None and weight_decay_norm < 0:
+        raise ValueError(f"weight_decay_norm must be >= 0 or None; got {weight_decay_norm}")
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    if weight_decay_norm is None or weight_decay_norm == weight_decay:
+        return [{"params": params, "weight_decay": weight_decay}]
+    norm_ids = {id(p) for m in modules for sub in m.modules() if isinstance(sub, NORM_TYPES)
+                for p in sub.parameters(recurse=False)}
+    groups = [
+        {"params": [p for p in params if id(p) not in norm_ids], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in norm_ids], "weight_decay": weight_decay_norm},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 class _WarmupMultiStepFactor:
@@ -86,6 +119,32 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LambdaLR):
         )
 
 
+def _runs_on(net: nn.Module, shape: tuple[int, ...]) -> bool:
+    """Whether ``net`` runs on one zero image of ``shape`` (C, H, W) (eval mode, no gradients; its mode restored)."""
+    param = next(net.parameters(), None)
+    example = torch.zeros(1, *shape, device=param.device if param is not None else None,
+                          dtype=param.dtype if param is not None and param.is_floating_point() else None)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(example)
+    except Exception:  # noqa: BLE001 - any failure on such input is the mismatch being confirmed
+        return False
+    finally:
+        net.train(was_training)
+    return True
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss term became NaN or infinite (raised by :class:`ClassificationModule` and
+    :class:`~mgd_lightning.distill.module.DistillationModule`)."""
+
+
+class ModelDataMismatchError(ValueError):
+    """The data does not fit the networks (class count, image channels): raised at fit start, before training."""
+
+
 class ClassificationModule(pl.LightningModule):
     """Train ``model`` with cross-entropy; top-1 / top-k accuracy on validation and test.
 
@@ -98,6 +157,13 @@ class ClassificationModule(pl.LightningModule):
     the best epoch ("best top1 err.", CUB-200 and ImageNet); Overhaul's CIFAR-100 code, which the paper's
     CIFAR-100 table follows, reports the final epoch. Each config says which one it compares.
     The best errors are kept in checkpoints (``best_val_errors``), so a resumed run continues them.
+
+    Safety nets. At fit start the data is checked against the networks (:meth:`check_data`: its class count
+    against the network's outputs, its image channels against the first convolution; a
+    :class:`ModelDataMismatchError` before any step). A non-finite loss stops training with
+    :class:`NonFiniteLossError` before any checkpoint with non-finite weights is written (:meth:`check_finite_loss`).
+    Checkpoints are written atomically, also when the temporary directory is on another file system
+    (:class:`~mgd_lightning.distill.checkpoint_io.AtomicCheckpointIO`, installed at fit start).
 
     Args:
         model: the network (e.g. ``mgd_lightning.models.build_model("resnet50", num_classes=200,
@@ -121,6 +187,10 @@ class ClassificationModule(pl.LightningModule):
         warmup_steps: linear warm-up length in steps (``lr_interval="step"`` only).
         warmup_factor: learning-rate factor at the start of the warm-up (0.1: the reference classification code;
             Detectron2: 0.001).
+        weight_decay_norm: weight decay of the norm layers' own parameters (:func:`decay_param_groups`); ``None``
+            (default): the task's (:attr:`Task.weight_decay_norm <mgd_lightning.tasks.Task.weight_decay_norm>`:
+            classification ``weight_decay``, as the reference ``cls/`` code decays every parameter; detection 0, as
+            Detectron2's ``SOLVER.WEIGHT_DECAY_NORM``, which the reference ``d2/`` code keeps).
 
     Example YAML (``mgd-lightning fit --config ...``)::
 
@@ -146,8 +216,10 @@ class ClassificationModule(pl.LightningModule):
         lr_interval: str = "epoch",
         warmup_steps: int = 0,
         warmup_factor: float = WARMUP_START_FACTOR,
+        weight_decay_norm: float | None = None,
     ) -> None:
         super().__init__()
+        warn_if_mixed_namespaces(type(self).__name__)  # the other namespace's Trainer would refuse this module
         if lr <= 0:
             raise ValueError(f"lr must be > 0; got {lr}")
         if isinstance(warmup_epochs, bool) or int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
@@ -162,6 +234,8 @@ class ClassificationModule(pl.LightningModule):
             raise ValueError(f"warmup_epochs={warmup_epochs} needs lr_interval='epoch' (use warmup_steps with 'step')")
         if not 0 < warmup_factor <= 1:
             raise ValueError(f"warmup_factor must be in (0, 1]; got {warmup_factor}")
+        if weight_decay_norm is not None and weight_decay_norm < 0:
+            raise ValueError(f"weight_decay_norm must be >= 0 or None (the task's default); got {weight_decay_norm}")
         self.warmup_epochs = int(warmup_epochs)
         # a Task instance is not a hyperparameter a checkpoint can hold (LightningCLI stores its class_path instead)
         self.save_hyperparameters(ignore=["model", "teacher", "student"] + ([] if isinstance(task, str) else ["task"]))
@@ -172,11 +246,87 @@ class ClassificationModule(pl.LightningModule):
         self.best_err1: float | None = None
         self.best_errk: float | None = None
         self.task.setup_metrics(self, model, num_classes)
+        # Non-finite loss tracking (check_finite_loss): device tensors, read by the host only at the checks.
+        self._first_bad_step: torch.Tensor | None = None
+        self._first_bad_term: torch.Tensor | None = None
+        self._loss_terms: list[str] = []
+        self._steps_since_check = 0
+        self._batch_checked = False
 
     def on_fit_start(self) -> None:
         # A frozen teacher is in eval mode by design; Lightning's generic warning about modules in eval
         # mode at the start of training would only point at it.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+        self._first_bad_step = self._first_bad_term = None
+        self._steps_since_check = 0
+        self._batch_checked = False
+        self.check_data(getattr(self.trainer, "datamodule", None))
+        use_atomic_checkpoint_io(self.trainer)  # checkpoints written beside their target, fsync'd, renamed in place
+
+    # ------------------------------------------------------------------ model and data checked against each other
+    def _networks(self) -> list[tuple[str, nn.Module]]:
+        """The networks that see the training images, by role (a DistillationModule: student and teacher)."""
+        teacher = getattr(self, "teacher", None)
+        if isinstance(teacher, nn.Module):
+            return [("student", self.model), ("teacher", teacher)]
+        return [("model", self.model)]
+
+    def check_data(self, datamodule: Any = None, inputs: Any = None, targets: Any = None) -> None:
+        """Raise :class:`ModelDataMismatchError` when the data does not fit the networks (classification): more
+        classes than the network's outputs (an ``IndexError: Target 8 is out of bounds`` mid-training otherwise),
+        or images of another channel count than the networks' first convolution (confirmed by running the network
+        on one zero image of the data's shape: no false alarm for a network whose first registered convolution is
+        not its input's). Checked at fit start against the
+        datamodule's ``num_classes`` and ``input_size``, and on the first training batch (``inputs``, ``targets``)
+        when the data comes as plain DataLoaders."""
+        if self.task.name != "classification":
+            return
+        data = type(datamodule).__name__ if datamodule is not None else "the training data"
+        classes = getattr(datamodule, "num_classes", None)
+        size = getattr(datamodule, "input_size", None)
+        channels = int(size[0]) if isinstance(size, (tuple, list)) and len(size) == 3 else None
+        where = f"{data}.input_size={tuple(size)}" if channels is not None else ""
+        label = f"{data}.num_classes={classes}"
+        if isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
+            channels, where = int(inputs.shape[1]), f"its first batch has shape {tuple(inputs.shape)}"
+        if isinstance(targets, torch.Tensor) and targets.dim() == 1 and not targets.is_floating_point() \
+                and targets.numel():
+            classes, label = int(targets.max()) + 1, f"its first batch has label {int(targets.max())}"
+        shape = None
+        if isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
+            shape = tuple(inputs.shape[1:])
+        elif channels is not None:
+            shape = tuple(int(v) for v in size)
+        for role, net in self._networks():
+            conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+            if channels is not None and conv is not None and conv.in_channels != channels \
+                    and not _runs_on(net, shape):  # the first Conv2d registered may not be the input's: confirm
+                raise ModelDataMismatchError(
+                    f"the data gives {channels}-channel images ({where}) but the {role} {type(net).__name__} takes "
+                    f"{conv.in_channels} (its first convolution): give the data {conv.in_channels} channels (e.g. "
+                    f"the data module's channels={conv.in_channels}) or build the networks for {channels}"
+                )
+            if role == "teacher" or classes is None:
+                continue  # a teacher may have been trained on other classes (features only)
+            try:
+                outputs = infer_num_classes(net)
+            except ValueError:
+                continue
+            if classes > outputs:
+                raise ModelDataMismatchError(
+                    f"the data has {classes} classes ({label}) but the {role} {type(net).__name__} outputs "
+                    f"{outputs}: labels {outputs}..{classes - 1} are out of its range. Build the {role} with "
+                    f"num_classes={classes} (--model.init_args.{'student' if role == 'student' else 'model'}"
+                    f".init_args.num_classes={classes}), or use data with {outputs} classes"
+                )
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._batch_checked:
+            return
+        self._batch_checked = True
+        if self.task.name == "classification":
+            inputs, targets = self.task.split(batch)
+            self.check_data(inputs=inputs, targets=targets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -190,7 +340,73 @@ class ClassificationModule(pl.LightningModule):
             self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=False,
                           batch_size=size)
         self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=size)
+        self._track_finite(dict(terms))
         return loss
+
+    # ------------------------------------------------------------------ non-finite loss stop
+    #: host reads of the non-finite flag: every this many training batches, at epoch end, before every
+    #: checkpoint is written and at the end of training (one read each, never one per step).
+    nonfinite_check_every_n_steps: int = 100
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._steps_since_check += 1
+        if self._steps_since_check >= self.nonfinite_check_every_n_steps:
+            self.check_finite_loss()
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite_loss("at the end of the epoch")
+
+    def on_train_end(self) -> None:
+        self.check_finite_loss("at the end of training")
+
+    def _track_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        """Record, on the device and without a host synchronisation, the first step whose loss terms are not
+        all finite, and its first non-finite term."""
+        names = list(terms)
+        finite = torch.stack([torch.isfinite(t.detach()).all() for t in terms.values()])
+        if self._first_bad_step is None or self._first_bad_step.device != finite.device:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=finite.device)
+            self._first_bad_term = torch.zeros((), dtype=torch.long, device=finite.device)
+        if names != self._loss_terms:
+            self._loss_terms = names
+        first = (~finite.all()) & (self._first_bad_step < 0)
+        step = torch.full_like(self._first_bad_step, self.global_step)
+        self._first_bad_step = torch.where(first, step, self._first_bad_step)
+        self._first_bad_term = torch.where(first, torch.argmin(finite.long()), self._first_bad_term)
+
+    def check_finite_loss(self, when: str = "") -> None:
+        """Raise :class:`NonFiniteLossError` if a training loss term was NaN or infinite since fit start.
+
+        ``training_step`` only updates a device-side record (first bad step, first bad term); this reads it
+        (one host synchronisation) and is called every :attr:`nonfinite_check_every_n_steps` batches, at the end
+        of each epoch, before every checkpoint is written (so none holds the resulting non-finite weights: the
+        last one written is the last finite one) and at the end of training. Under DDP the ranks agree
+        (any rank's non-finite loss stops all).
+        """
+        self._steps_since_check = 0
+        if self._first_bad_step is None:
+            return
+        bad_step, bad_term = (int(v) for v in torch.stack([self._first_bad_step, self._first_bad_term]).tolist())
+        trainer = self._trainer
+        stop = bad_step >= 0
+        if trainer is not None and trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        where = f" {when}" if when else ""
+        if bad_step < 0:
+            detail = "on another process (this rank's terms were finite)"
+        else:
+            detail = f"at step {bad_step} (global_step): its first non-finite term is {self._loss_terms[bad_term]!r}"
+        factor = getattr(self, "loss_factor", None)
+        causes = f"a learning rate too high (lr={self.hparams.lr}), " + (
+            f"a loss_factor too small (loss_factor={factor}), " if factor is not None else "")
+        raise NonFiniteLossError(
+            f"non-finite training loss {detail}; loss terms: {', '.join(self._loss_terms)}. Training stopped"
+            f"{where} at step {self.global_step}, and no checkpoint was written after that step: those written "
+            f"before it (if any) hold finite weights. Usual causes: {causes}NaN or infinite inputs, or fp16 "
+            "overflow. Lower the learning rate and resume from that checkpoint, or fix the inputs."
+        )
 
     def _eval_step(self, batch, stage: str) -> None:
         self.task.eval_step(self, batch, stage)
@@ -207,6 +423,7 @@ class ClassificationModule(pl.LightningModule):
         self.task.on_eval_epoch_end(self, "test")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite_loss("before writing a checkpoint")  # no checkpoint with non-finite weights
         checkpoint["best_val_errors"] = {"err1": self.best_err1, "errk": self.best_errk}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -228,13 +445,16 @@ class ClassificationModule(pl.LightningModule):
         return [self.model]
 
     def configure_optimizers(self):
-        """SGD (momentum, Nesterov, weight decay) over :meth:`trainable_modules`; step decay per epoch, after an
+        """SGD (momentum, Nesterov, weight decay; norms by ``weight_decay_norm``) over :meth:`trainable_modules`;
+        step decay per epoch, after an
         optional linear warm-up (the reference ``build_lr_scheduler``: ``MultiStepLR`` without warm-up,
         ``WarmupMultiStepLR`` with it)."""
         hp = self.hparams
-        params = [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
+        norm_decay = hp.get("weight_decay_norm")
+        norm_decay = self.task.weight_decay_norm if norm_decay is None else norm_decay
+        groups = decay_param_groups(self.trainable_modules(), hp.weight_decay, norm_decay)
         optimizer = torch.optim.SGD(
-            params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0,
+            groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0,
             weight_decay=hp.weight_decay,
         )
         interval = hp.get("lr_interval", "epoch")

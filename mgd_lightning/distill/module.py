@@ -25,8 +25,9 @@ tensor shapes (``checkpoint["teacher_shapes"]``); loading it (``fit(ckpt_path=..
 ``load_from_checkpoint(path, teacher=..., student=...)``) puts the live teacher's own tensors back into the
 loaded state_dict, so that Lightning's strict loading passes and the teacher stays the one given. A teacher of
 another architecture is a :class:`TeacherMismatchError`; one with other BatchNorm weights than the teacher the
-run was trained with (its margins differ from the checkpoint's) is a warning. ``save_teacher=True`` writes
-the teacher as before; checkpoints holding it (also older ones) load as before.
+run was trained with (its margins differ from the checkpoint's) is a warning, and the margins (Eq. 4) are
+recomputed from the teacher given (never the checkpoint's with another teacher's features). ``save_teacher=True``
+writes the teacher as before; checkpoints holding it (also older ones) load as before.
 """
 
 from __future__ import annotations
@@ -41,25 +42,19 @@ import torch.nn as nn
 
 from mgd_lightning.distillers import DISTILLERS, FEATURE_DISTILLERS
 from mgd_lightning.losses import kd_loss, margin_from_bn, partial_l2
-from mgd_lightning.matching import balanced_assignment, contiguous_groups, sparse_assignment
+from mgd_lightning.matching import UNMATCHED, balanced_assignment, contiguous_groups, sparse_assignment
 from mgd_lightning.reduction import MARGIN_REDUCTIONS, METHODS, reduce_teacher_and_margin
 from mgd_lightning.tasks import Task
 from mgd_lightning.tasks.base import total_loss
 
 from .auto_taps import pair_by_size
-from .classifier import WARMUP_START_FACTOR, ClassificationModule
+from .classifier import WARMUP_START_FACTOR, ClassificationModule, NonFiniteLossError
 from .rng import get_rng_states, set_rng_states
 from .taps import FeatureTaps, Tap, batchnorm_before_taps, preset_taps, resolve_taps
 
 __all__ = ["DistillationModule", "NonFiniteLossError", "TeacherMismatchError"]
 
 log = logging.getLogger(__name__)
-
-ASSIGNMENTS = {"balanced": balanced_assignment, "sparse": sparse_assignment}
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A training loss term became NaN or infinite (raised by :class:`DistillationModule`)."""
 
 
 class TeacherMismatchError(RuntimeError, ValueError):
@@ -70,6 +65,24 @@ class TeacherMismatchError(RuntimeError, ValueError):
 
 #: key prefix of the frozen teacher in the module's state_dict
 TEACHER_PREFIX = "teacher."
+
+
+def _uncompiled(model: nn.Module, role: str) -> nn.Module:
+    """The network inside a ``torch.compile``'d module (``OptimizedModule``), with a warning; others as they are.
+
+    The taps hook the network's submodules by name and checkpoints, exports and ``load_from_checkpoint`` name
+    its tensors: a compiled wrapper would prefix every name with ``_orig_mod.`` (the taps were not found, and
+    checkpoints would not load into the bare network)."""
+    original = getattr(model, "_orig_mod", None)
+    if not isinstance(original, nn.Module) or type(model).__name__ != "OptimizedModule":
+        return model
+    warnings.warn(
+        f"DistillationModule: the {role} given is a torch.compile'd module; the network inside it is used, "
+        f"uncompiled (the taps hook its submodules, and checkpoints and exports name its tensors without the "
+        f"'_orig_mod.' prefix). Pass the {role} itself; this module does not compile the networks.",
+        UserWarning, stacklevel=3,
+    )
+    return original
 
 
 def _default_input_size(*models: nn.Module) -> tuple[int, int, int]:
@@ -109,11 +122,18 @@ class DistillationModule(ClassificationModule):
             the reference code's 1/8, 1/4, 1/2, 1; AT: equal; FitNets: 100 at the hint tap only).
         loss_factor: divisor of the distillation term; ``None``: the distiller's own default (MGD and OFD:
             1e4, the reference code's factor for 224 px inputs, use 1e3 for 32 px; AT, FitNets: 1).
-        student_bn: a trainable BatchNorm on each student tap (reference code), optimised with the
-            student; ``False`` compares the raw student feature.
+        student_bn: a trainable norm on each student tap (reference code), optimised with the student: the
+            task's (:meth:`Task.tap_norm <mgd_lightning.tasks.Task.tap_norm>`: ``BatchNorm2d`` for classification,
+            ``GroupNorm(32, C)`` for detection as ``mgd/builder.py`` with ``det=True``); ``False`` compares the raw
+            student feature.
         margin_reduction: how margins follow the reduction: ``"official"`` (default, the reference code:
             group mean for AMP, group max for MP, a random member for RD) or ``"selected"`` (opt-in, ours:
             the margin of the channel selected at each position) (:mod:`mgd_lightning.reduction`).
+        unmatched: the ``C_T - alpha * C_S`` teacher channels no student channel takes when ``C_S`` does not
+            divide ``C_T`` (balanced matching): ``"official"`` (default, the reference code's "shave": the
+            highest-index teacher channels are dropped before solving) or ``"optimal"`` (opt-in, ours: the exact
+            rectangular assignment chooses them) (:func:`mgd_lightning.matching.balanced_assignment`). SM
+            (a sparse assignment over all teacher channels, as the reference's SMDistiller) is unaffected.
         kd_weight, kd_temperature: Hinton KD on top (MGD reference: weight 1, T = 1.5 when enabled); the
             KD baseline's recipes are in :data:`mgd_lightning.distillers.KD_RECIPES`.
         ce_weight: weight of the student's cross-entropy (1; mdistiller's KD recipes use 0.1 / 0.5).
@@ -131,6 +151,8 @@ class DistillationModule(ClassificationModule):
             logged as ``train/<loss name>``), COCO AP on validation. KD needs logits: classification only.
         lr_interval, warmup_steps, warmup_factor: an iteration schedule (detection:
             :class:`~mgd_lightning.distill.classifier.ClassificationModule`).
+        weight_decay_norm: weight decay of norm-layer parameters (the student's and the tap norms); ``None``: the
+            task's (classification ``weight_decay``; detection 0, Detectron2's ``WEIGHT_DECAY_NORM``).
     """
 
     def __init__(
@@ -148,6 +170,7 @@ class DistillationModule(ClassificationModule):
         loss_factor: float | None = None,
         student_bn: bool = True,
         margin_reduction: str = "official",
+        unmatched: str = "official",
         kd_weight: float = 0.0,
         kd_temperature: float = 1.5,
         ce_weight: float = 1.0,
@@ -164,13 +187,17 @@ class DistillationModule(ClassificationModule):
         lr_interval: str = "epoch",
         warmup_steps: int = 0,
         warmup_factor: float = WARMUP_START_FACTOR,
+        weight_decay_norm: float | None = None,
     ) -> None:
+        teacher, student = _uncompiled(teacher, "teacher"), _uncompiled(student, "student")
         if reducer not in METHODS:
             raise ValueError(f"reducer must be one of {METHODS}; got {reducer!r}")
         if distiller not in DISTILLERS:
             raise ValueError(f"distiller must be one of {DISTILLERS}; got {distiller!r}")
         if distiller == "kd" and kd_weight <= 0:
             raise ValueError(f"distiller='kd' distils the logits only: set kd_weight > 0 (got kd_weight={kd_weight})")
+        if unmatched not in UNMATCHED:
+            raise ValueError(f"unmatched must be one of {UNMATCHED}; got {unmatched!r}")
         if margin_reduction not in MARGIN_REDUCTIONS:
             raise ValueError(f"margin_reduction must be one of {MARGIN_REDUCTIONS}; got {margin_reduction!r}")
         if loss_factor is not None and loss_factor <= 0:
@@ -181,6 +208,7 @@ class DistillationModule(ClassificationModule):
             student, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
             lr_milestones=lr_milestones, lr_gamma=lr_gamma, num_classes=num_classes, warmup_epochs=warmup_epochs,
             task=task, lr_interval=lr_interval, warmup_steps=warmup_steps, warmup_factor=warmup_factor,
+            weight_decay_norm=weight_decay_norm,
         )
         if not self.task.has_logits and (kd_weight > 0 or distiller == "kd"):
             raise ValueError(
@@ -260,6 +288,9 @@ class DistillationModule(ClassificationModule):
 
         # Margins (Eq. 4) from the teacher BN right before each tap (reference: residual-branch BN).
         bns = batchnorm_before_taps(t_root, t_taps, example)
+        # their names in the tap root: a lean checkpoint's margins are recomputed from the teacher given at load time
+        names = {id(m): n for n, m in t_root.named_modules()}
+        self._margin_bn_names = [names.get(id(bn)) if bn is not None else None for bn in bns]
         for k, bn in enumerate(bns):
             margin = margin_from_bn(bn).float() if bn is not None else torch.zeros(0)
             if bn is None:
@@ -281,9 +312,10 @@ class DistillationModule(ClassificationModule):
         self.loss_factor = float(loss_factor)
         use_bn = student_bn and self.distill_weight > 0 and distiller == "mgd"
         self.student_bns = nn.ModuleList(
-            nn.BatchNorm2d(c_s) if use_bn else nn.Identity() for c_s, _, _, _ in self.tap_shapes
+            self.task.tap_norm(c_s) if use_bn else nn.Identity() for c_s, _, _, _ in self.tap_shapes
         )
         self.margin_reduction = margin_reduction
+        self.unmatched = unmatched
         self.feature_distiller = None
         if distiller in FEATURE_DISTILLERS and self.distill_weight > 0:
             self.feature_distiller = FEATURE_DISTILLERS[distiller](
@@ -296,11 +328,6 @@ class DistillationModule(ClassificationModule):
         # for the matching cost: "raw" student taps (reference code), "bn" after the student-side BN, or None.
         self.keep_train_features: str | None = None
         self.last_train_features: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
-        # Non-finite loss tracking (check_finite_loss): device tensors, read by the host only at the checks.
-        self._first_bad_step: torch.Tensor | None = None
-        self._first_bad_term: torch.Tensor | None = None
-        self._loss_terms: list[str] = []
-        self._steps_since_check = 0
         # Random states of the checkpoint being resumed (on_load_checkpoint), applied at fit start.
         self._resume_rng_states: dict[str, torch.Tensor] | None = None
         self.save_teacher = bool(save_teacher)
@@ -320,10 +347,6 @@ class DistillationModule(ClassificationModule):
         return t_shapes, s_shapes
 
     # ------------------------------------------------------------------ fit checks and checkpoint state
-    #: host reads of the non-finite flag: every this many training batches, at epoch end, before every
-    #: checkpoint is written and at the end of training (one read each, never one per step).
-    nonfinite_check_every_n_steps: int = 100
-
     def on_fit_start(self) -> None:
         super().on_fit_start()
         if self.assignment is not None and not any(
@@ -336,8 +359,6 @@ class DistillationModule(ClassificationModule):
                 "the Trainer's callbacks (pl.Trainer(callbacks=[MGDMatchingCallback(), ...])), or pass "
                 "matching=False to train that ablation on purpose."
             )
-        self._first_bad_step = self._first_bad_term = None
-        self._steps_since_check = 0
         states, self._resume_rng_states = self._resume_rng_states, None
         # Only for fit(ckpt_path=...): load_from_checkpoint also runs on_load_checkpoint, and a new fit of
         # the loaded module (fine-tuning) is a new run with its own randomness.
@@ -347,8 +368,7 @@ class DistillationModule(ClassificationModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Random states in, and (unless ``save_teacher``) the frozen teacher's ``teacher.*`` tensors out: the
         checkpoint then says ``teacher_omitted`` and records the teacher's tensor shapes."""
-        self.check_finite_loss("before writing a checkpoint")  # no checkpoint with non-finite weights
-        super().on_save_checkpoint(checkpoint)
+        super().on_save_checkpoint(checkpoint)  # first: the non-finite check (no checkpoint with non-finite weights)
         checkpoint["rng_states"] = get_rng_states()
         state = checkpoint.get("state_dict")
         if self.save_teacher or state is None:
@@ -406,77 +426,36 @@ class DistillationModule(ClassificationModule):
         # Lightning loads the state_dict strictly: the live teacher's own tensors stand in for the omitted ones
         # (loading a tensor into itself leaves it as it is).
         state.update({TEACHER_PREFIX + k: v for k, v in live.items()})
-        changed = [
-            key for key in state
-            if key.startswith("margin_") and state[key].numel() and not torch.allclose(
-                state[key].detach().float().cpu(), own[key].detach().float().cpu(), rtol=1e-4, atol=1e-6)
-        ]
+        # The margins (Eq. 4) are the teacher's: recomputed from the teacher given, for the module and for a
+        # feature distiller's copies (``feature_distiller.margin_k``), never the checkpoint's with this teacher.
+        margins = self._teacher_margins()
+        changed = []
+        for key in [k for k in state if k.startswith(("margin_", "feature_distiller.margin_"))]:
+            k = int(key.rpartition("_")[2])
+            if k >= len(margins) or margins[k] is None or not state[key].numel():
+                continue
+            fresh = margins[k].to(device=state[key].device, dtype=state[key].dtype)
+            if fresh.shape != state[key].shape:
+                continue
+            if not torch.allclose(state[key].detach().float().cpu(), fresh.float().cpu(), rtol=1e-4, atol=1e-6):
+                changed.append(key)
+            state[key] = fresh
         if changed:
             warnings.warn(
-                f"the teacher given is not the one this checkpoint was trained with: its BatchNorm margins differ "
-                f"from the checkpoint's ({', '.join(changed)}); the checkpoint was saved without its teacher "
-                "(save_teacher=False), so the teacher given is the one used. Build it as the run did (e.g. with "
-                "the same checkpoint= / weights= of build_model) unless that is what you mean.",
+                f"the teacher given is not the one this checkpoint was trained with: its BatchNorm margins (Eq. 4) "
+                f"differ from the checkpoint's ({', '.join(changed)}). The checkpoint was saved without its teacher "
+                "(save_teacher=False), so the teacher given is used, with its margins recomputed from it (not the "
+                "checkpoint's). Build it as the run did (e.g. with the same checkpoint= / weights= of build_model) "
+                "unless that is what you mean.",
                 UserWarning, stacklevel=2,
             )
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self._steps_since_check += 1
-        if self._steps_since_check >= self.nonfinite_check_every_n_steps:
-            self.check_finite_loss()
-
-    def on_train_epoch_end(self) -> None:
-        self.check_finite_loss("at the end of the epoch")
-
-    def on_train_end(self) -> None:
-        self.check_finite_loss("at the end of training")
-
-    def _track_finite(self, terms: dict[str, torch.Tensor]) -> None:
-        """Record, on the device and without a host synchronisation, the first step whose loss terms are not
-        all finite, and its first non-finite term."""
-        names = list(terms)
-        finite = torch.stack([torch.isfinite(t.detach()).all() for t in terms.values()])
-        if self._first_bad_step is None or self._first_bad_step.device != finite.device:
-            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=finite.device)
-            self._first_bad_term = torch.zeros((), dtype=torch.long, device=finite.device)
-        if names != self._loss_terms:
-            self._loss_terms = names
-        first = (~finite.all()) & (self._first_bad_step < 0)
-        step = torch.full_like(self._first_bad_step, self.global_step)
-        self._first_bad_step = torch.where(first, step, self._first_bad_step)
-        self._first_bad_term = torch.where(first, torch.argmin(finite.long()), self._first_bad_term)
-
-    def check_finite_loss(self, when: str = "") -> None:
-        """Raise :class:`NonFiniteLossError` if a training loss term was NaN or infinite since fit start.
-
-        ``training_step`` only updates a device-side record (first bad step, first bad term); this reads it
-        (one host synchronisation) and is called every :attr:`nonfinite_check_every_n_steps` batches, at the end
-        of each epoch, before every checkpoint is written (so none holds the resulting non-finite weights: the
-        last one written is the last finite one) and at the end of training. Under DDP the ranks agree
-        (any rank's non-finite loss stops all).
-        """
-        self._steps_since_check = 0
-        if self._first_bad_step is None:
-            return
-        bad_step, bad_term = (int(v) for v in torch.stack([self._first_bad_step, self._first_bad_term]).tolist())
-        trainer = self._trainer
-        stop = bad_step >= 0
-        if trainer is not None and trainer.world_size > 1:
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if not stop:
-            return
-        where = f" {when}" if when else ""
-        if bad_step < 0:
-            detail = "on another process (this rank's terms were finite)"
-        else:
-            detail = f"at step {bad_step} (global_step): its first non-finite term is {self._loss_terms[bad_term]!r}"
-        raise NonFiniteLossError(
-            f"non-finite training loss {detail}; loss terms: {', '.join(self._loss_terms)}. Training stopped"
-            f"{where} at step {self.global_step}, and no checkpoint was written after that step: those written "
-            f"before it (if any) hold finite weights. Usual causes: a learning rate too high (lr={self.hparams.lr}), "
-            f"a loss_factor too small (loss_factor={self.loss_factor}), NaN or infinite inputs, or fp16 overflow. "
-            "Lower the learning rate and resume from that checkpoint, or fix the inputs."
-        )
+    def _teacher_margins(self) -> list[torch.Tensor | None]:
+        """The margins (Eq. 4) of the teacher as it is now, from the BatchNorm before each tap (found at
+        construction); ``None`` for a tap without one."""
+        modules = dict(self.task.tap_root(self.teacher).named_modules())
+        return [margin_from_bn(modules[name]).float() if name is not None else None
+                for name in self._margin_bn_names]
 
     # ------------------------------------------------------------------ state
     def train(self, mode: bool = True):
@@ -517,7 +496,9 @@ class DistillationModule(ClassificationModule):
         """The assignment for one tap's (C_S, C_T) cost: balanced (Eq. 8-11) or sparse (SM)."""
         if self.assignment is None:
             raise RuntimeError("this module was built with matching=False: its grouping is fixed")
-        return ASSIGNMENTS[self.assignment](cost)
+        if self.assignment == "balanced":
+            return balanced_assignment(cost, unmatched=self.unmatched)
+        return sparse_assignment(cost)
 
     def student_state_dict(self) -> dict[str, torch.Tensor]:
         """The distilled student alone: loads into the bare student model with ``load_state_dict``."""
@@ -538,7 +519,8 @@ class DistillationModule(ClassificationModule):
         return s_logits, t_logits, s_feats, t_feats
 
     def apply_student_bn(self, s_feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The student-side BatchNorm of each tap (identity when ``student_bn=False``)."""
+        """The student-side norm of each tap (the task's :meth:`~mgd_lightning.tasks.Task.tap_norm`; identity when
+        ``student_bn=False``)."""
         return [bn(f) for bn, f in zip(self.student_bns, s_feats)]
 
     def distillation_losses(self, s_feats: list[torch.Tensor], t_feats: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,4 +1,7 @@
-"""PredictionWriter: the predictions of ``trainer.predict`` (``mgd-lightning predict``) as a CSV file.
+"""Prediction writers of ``trainer.predict`` (``mgd-lightning predict``): classes as a CSV file, detections as COCO
+results JSON.
+
+:class:`PredictionWriter` (classification):
 
 One row per image, in the order of the prediction loader: ``index`` (the image's index in the loader's
 dataset), ``class_id`` (the predicted class), ``probability`` (its softmax probability) and, with ``top_k = K``,
@@ -9,11 +12,20 @@ dataset), ``class_id`` (the predicted class), ``probability`` (its softmax proba
 
 ``mgd-lightning predict`` adds one by default, writing ``predictions.csv`` in the run folder
 (``<default_root_dir>/lightning_logs/version_N/``); the path is printed at the end.
+
+:class:`DetectionWriter` (``task="detection"``, what ``mgd-lightning predict`` adds for a detection module): the
+detector's boxes, scores and labels in COCO's results format (what COCO's evaluation and its users read), a JSON
+list of ``{"image_id", "category_id", "bbox": [x, y, width, height], "score"}``, one entry per detection, in
+``detections.json`` in the run folder. ``image_id`` is the batch target's ``image_id`` (COCO's, as
+:class:`~mgd_lightning.data.COCODataModule` yields it), else the image's index in the loader's dataset;
+``category_id`` is the detector's label (COCO category ids for torchvision's COCO detectors and this package's
+COCO data); boxes are in the pixels of the image as loaded (COCO's images are not resized by the data module).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,9 +36,14 @@ from mgd_lightning._lightning import callbacks, pl
 
 BasePredictionWriter = callbacks.BasePredictionWriter
 
-__all__ = ["PredictionWriter"]
+__all__ = ["DetectionWriter", "PredictionFormatError", "PredictionWriter"]
 
 DEFAULT_FILE_NAME = "predictions.csv"
+DEFAULT_DETECTIONS_FILE_NAME = "detections.json"
+
+
+class PredictionFormatError(TypeError):
+    """``predict_step`` returned something the writer cannot write: the message says what and which writer can."""
 
 
 def _as_scores(prediction: Any) -> dict[str, torch.Tensor]:
@@ -36,10 +53,25 @@ def _as_scores(prediction: Any) -> dict[str, torch.Tensor]:
         probabilities = prediction if _is_distribution(prediction) else prediction.softmax(dim=-1)
         probability, class_id = probabilities.max(dim=-1)
         return {"class_id": class_id, "probability": probability, "probabilities": probabilities}
-    raise TypeError(
+    if _is_detections(prediction):
+        raise PredictionFormatError(
+            "PredictionWriter writes classes, but predict_step returned detections (boxes, scores, labels): use "
+            "mgd_lightning.distill.prediction_writer.DetectionWriter (COCO results JSON; mgd-lightning predict adds "
+            "it for task: detection)"
+        )
+    raise PredictionFormatError(
         "PredictionWriter needs predict_step to return ClassificationModule's dict (class_id, probability, "
         f"probabilities) or a (batch, classes) tensor of scores; got {type(prediction).__name__}"
     )
+
+
+def _is_detections(prediction: Any) -> bool:
+    return isinstance(prediction, (list, tuple)) and all(
+        isinstance(p, dict) and {"boxes", "scores", "labels"} <= set(p) for p in prediction)
+
+
+def _rank_path(path: Path, trainer: pl.Trainer) -> Path:
+    return path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}") if trainer.world_size > 1 else path
 
 
 def _is_distribution(x: torch.Tensor) -> bool:
@@ -152,3 +184,91 @@ class PredictionWriter(BasePredictionWriter):
                 self._header_written = True
             self._file.close()
         self._file = self._writer = None
+
+
+class DetectionWriter(BasePredictionWriter):
+    """Write the detections of ``trainer.predict`` as COCO results JSON (see the module docstring).
+
+    Args:
+        output: the JSON file. ``None`` (default): ``detections.json`` in the run folder (``trainer.log_dir``, or
+            ``default_root_dir`` without a logger). A relative path is relative to the working directory.
+        verbose: print the path and the number of detections at the end.
+
+    Under several processes each rank writes its own file, ``<stem>.rank<R><suffix>``. The file is written as the
+    batches come (one detection a line) and is a complete JSON list once prediction ends.
+    """
+
+    def __init__(self, output: str | os.PathLike | None = None, verbose: bool = True) -> None:
+        super().__init__(write_interval="batch")
+        self.output = output
+        self.verbose = verbose
+        #: where the latest prediction run wrote (set when it starts), how many detections and images
+        self.path: Path | None = None
+        self.detections = 0
+        self.images = 0
+        self._file = None
+        self._next_index: dict[int, int] = {}
+
+    def resolve_path(self, trainer: pl.Trainer) -> Path:
+        """The file this writer writes for ``trainer`` (this rank's under several processes)."""
+        if self.output is None:
+            folder = trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir
+            return _rank_path(Path(folder) / DEFAULT_DETECTIONS_FILE_NAME, trainer)
+        return _rank_path(Path(self.output), trainer)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.path = self.resolve_path(trainer)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w")
+        self._file.write("[")
+        self.detections = self.images = 0
+        self._next_index = {}
+
+    @staticmethod
+    def _image_ids(batch: Any, batch_indices: Any, n: int, start: int) -> list[int]:
+        targets = batch[1] if isinstance(batch, (list, tuple)) and len(batch) == 2 else None
+        if isinstance(targets, (list, tuple)) and len(targets) == n and all(
+                isinstance(t, dict) and "image_id" in t for t in targets):
+            return [int(t["image_id"]) for t in targets]
+        if batch_indices is not None and len(batch_indices) == n:
+            return [int(i) for i in batch_indices]
+        return list(range(start, start + n))  # no sampler indices: the running count of this loader's images
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx: int,
+                           dataloader_idx: int) -> None:
+        if self._file is None:  # not started by on_predict_start (a direct call)
+            self.on_predict_start(trainer, pl_module)
+        if not _is_detections(prediction):
+            raise PredictionFormatError(
+                "DetectionWriter needs predict_step to return a detector's list of {boxes, scores, labels} per image "
+                f"(task: detection); got {type(prediction).__name__}: use PredictionWriter for classes"
+            )
+        start = self._next_index.get(dataloader_idx, 0)
+        image_ids = self._image_ids(batch, batch_indices, len(prediction), start)
+        self._next_index[dataloader_idx] = start + len(prediction)
+        for image_id, detections in zip(image_ids, prediction):
+            boxes = detections["boxes"].detach().float().cpu().reshape(-1, 4).tolist()
+            scores = detections["scores"].detach().float().cpu().tolist()
+            labels = detections["labels"].detach().cpu().tolist()
+            for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels):
+                entry = {"image_id": image_id, "category_id": int(label),
+                         "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                         "score": round(float(score), 5)}
+                self._file.write(("\n" if self.detections == 0 else ",\n") + json.dumps(entry))
+                self.detections += 1
+        self.images += len(prediction)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close()
+        if self.verbose and self.path is not None:
+            print(f"detections: {self.detections} on {self.images} images written to {self.path} "  # noqa: T201
+                  "(COCO results JSON)")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.write("\n]\n")
+            self._file.close()
+        self._file = None

@@ -67,7 +67,8 @@ reproduces the quirk (see :mod:`mgd_lightning.models.shufflenetv2_mgd`).
 A tapped tensor must not be modified in place by the rest of the forward: each torchvision preset
 names the activation modules that would do so, and :class:`FeatureTaps` sets their ``inplace`` to
 ``False`` (for taps given by name, every activation of the model; a model that declares
-``distillation_taps`` keeps the activations after them non-inplace itself). Nothing is cloned.
+``distillation_taps`` keeps the activations after them non-inplace itself). Nothing is cloned, except for a
+tap with ``clone=True`` (automatic taps before a functional in-place activation, e.g. DenseNet's ``norm5``).
 """
 
 from __future__ import annotations
@@ -98,11 +99,15 @@ class Tap:
             module's last call in a forward: for a shared ReLU, the tensor it activates last).
         non_inplace: activation modules to switch to ``inplace=False`` so the tapped tensor is
             never overwritten.
+        clone: keep a copy of the tensor (autograd flows through it), for a tensor that the forward later
+            overwrites with no module to switch: a functional in-place activation (DenseNet's
+            ``F.relu(features, inplace=True)`` after ``features.norm5``).
     """
 
     module: str
     kind: str = "output"
     non_inplace: tuple[str, ...] = ()
+    clone: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -274,12 +279,12 @@ class FeatureTaps:
     # Hooks are bound methods wrapped in functools.partial (no closures), so models stay picklable
     # for ddp_spawn.
     def _keep_output(self, i: int, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self._store[i] = output
-        self._versions[i] = _version(output)
+        self._store[i] = output.clone() if self.taps[i].clone else output
+        self._versions[i] = _version(self._store[i])
 
     def _keep_input(self, i: int, module: nn.Module, args: tuple) -> None:
-        self._store[i] = args[0]
-        self._versions[i] = _version(args[0])
+        self._store[i] = args[0].clone() if self.taps[i].clone else args[0]
+        self._versions[i] = _version(self._store[i])
 
     @property
     def features(self) -> list[torch.Tensor]:
@@ -305,14 +310,18 @@ def batchnorm_before_taps(model: nn.Module, taps: Sequence[Tap], example: torch.
     """For each tap, the BatchNorm module executed last before the tapped tensor exists.
 
     Found by tracing one forward of ``example``: the BN whose statistics describe the tapped
-    feature (for a ResNet block, the residual branch's last BN, as in the reference code). ``None``
-    when no BN ran before the tap or its channel count differs from the tapped tensor's.
+    feature (for a ResNet block, the residual branch's last BN, as in the reference code). A tap
+    taken *inside* a BN module (timm's ``BatchNormAct2d`` runs its activation in its own forward:
+    the tap ``bn.act:input`` is that BN's output) belongs to that BN. ``None`` when no BN ran before
+    the tap or its channel count differs from the tapped tensor's.
     """
     modules = dict(model.named_modules())
     events: list[tuple[str, object]] = []
     handles = []
     for name, module in modules.items():
         if isinstance(module, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)):
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, n=name: events.append(("bn_start", n))))
             handles.append(module.register_forward_hook(
                 lambda m, a, o, n=name: events.append(("bn", n))))
     for i, tap in enumerate(taps):
@@ -330,12 +339,18 @@ def batchnorm_before_taps(model: nn.Module, taps: Sequence[Tap], example: torch.
         for h in handles:
             h.remove()
     found: list[nn.Module | None] = [None] * len(taps)
-    last_bn = None
+    last_bn, running = None, []  # the last BN that finished; the BNs whose forward is under way
     for kind, value in events:
-        if kind == "bn":
+        if kind == "bn_start":
+            running.append(value)
+        elif kind == "bn":
             last_bn = value
-        elif last_bn is not None:
-            i, channels = value
-            bn = modules[last_bn]
-            found[i] = bn if bn.weight.shape[0] == channels else None
+            if running and running[-1] == value:
+                running.pop()
+        else:
+            name = running[-1] if running else last_bn  # a tap inside a BN's forward: that BN
+            if name is not None:
+                i, channels = value
+                bn = modules[name]
+                found[i] = bn if bn.weight.shape[0] == channels else None
     return found

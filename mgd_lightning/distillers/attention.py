@@ -16,14 +16,15 @@ def attention_map(feature: torch.Tensor) -> torch.Tensor:
 
 
 class AttentionTransfer(FeatureDistiller):
-    """Per tap ``beta/2 * mean_{b, i} (Q_S - Q_T)^2`` on post-ReLU features, equal weights, beta = 1e3.
+    """Per tap ``beta * mean_{b, i} (Q_S - Q_T)^2`` on post-ReLU features, equal weights, beta = 1e3.
 
     Defaults follow the authors' code (``szagoruyko/attention-transfer``, ``utils.py`` ``at_loss`` and
-    ``cifar.py``: ``beta/2 * sum(at_losses)``, ``--beta 1e+3``, all groups weighted equally); mdistiller's
-    ``AT`` is the same loss with weight 1000 instead of beta/2 = 500. The AT paper uses the block outputs
-    after the activation; our taps are pre-ReLU, so ``post_relu=True`` (default) applies the ReLU the
-    network applies next (the negative part would otherwise add energy to the attention maps). Channel
-    counts may differ: the maps are channel means.
+    ``cifar.py``: ``loss + beta * sum(at_losses)``, ``--beta 1e+3``, all groups weighted equally; mdistiller's
+    ``AT`` uses the same weight 1000). The AT paper's formula has ``beta / 2``: ``DistillationModule(...,
+    distiller="at", distill_weight=0.5)`` gives it (opt-in). The AT paper uses the block outputs after the
+    activation; our taps are pre-ReLU, so ``post_relu=True`` (default) applies the ReLU the network applies
+    next (the negative part would otherwise add energy to the attention maps). Channel counts may differ: the
+    maps are channel means.
 
     Example YAML::
 
@@ -42,4 +43,4 @@ class AttentionTransfer(FeatureDistiller):
     def tap_loss(self, k: int, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if self.post_relu:
             student, teacher = F.relu(student), F.relu(teacher)
-        return self.beta / 2 * (attention_map(student) - attention_map(teacher)).pow(2).mean()
+        return self.beta * (attention_map(student) - attention_map(teacher)).pow(2).mean()

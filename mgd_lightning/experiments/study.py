@@ -23,11 +23,16 @@ from .records import load_json, write_csv
 from .reports import aggregate, check_same_setting, environment, errors_plot, jsonable, matching_plots, rows_table
 from .runner import quiet_lightning, run_jobs
 
-__all__ = ["RESULT_FILE", "Study", "finished_results", "report", "run_study"]
+__all__ = ["RESULT_FILE", "PremiseError", "Study", "finished_results", "report", "report_finished", "run_study"]
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+
+
+class PremiseError(RuntimeError):
+    """A study's premise does not hold in its setting (e.g. pre-training does not beat training from scratch): the
+    study would not test what it claims to, so it stops before its rows run (raised by ``Study.prepare``)."""
 
 ROWS_CSV = ["row", "label", "n_seeds", "seeds", "top1_err_mean", "top1_err_std", "top5_err_mean", "top5_err_std",
             "trainable_params", "matching_updates", "wall_s_mean"]
@@ -108,6 +113,20 @@ def report(study: Study, out: Path, setting_name: str, setting: Any) -> tuple[li
     errors_plot(results, rows, out / "errors.png", study.references(prepared))
     matching_plots(results, study.plot_rows, study.label, out, study.cost_plot_rows)
     return rows, text
+
+
+def report_finished(study: Study, out: Path, setting_name: str, setting: Any) -> tuple[list[dict[str, Any]], str]:
+    """:func:`report` of a folder a study wrote earlier (``--report-only``), after the checks a run makes:
+    ``ValueError`` when ``out`` holds runs of another study or setting (its report would be overwritten by one
+    that calls them this study's) or no finished run of this setting's rows and seeds."""
+    check_same_setting(out, study.name, setting, study.rows_config())
+    if not finished_results(study, setting, out):
+        raise ValueError(
+            f"{out} holds no finished run of the {study.name} study's setting {setting_name!r} (no "
+            f"runs/<row>/seed<k>/{RESULT_FILE} of its rows and seeds): nothing to report; run the study "
+            "first (drop --report-only), or pass the --out, --setting, --rows and --seeds it ran with"
+        )
+    return report(study, out, setting_name, setting)
 
 
 def run_study(study: Study, setting_name: str, setting: Any, out: Path, root: str | None = None,

@@ -40,7 +40,7 @@ from .runner import run_jobs
 from .scratch import STUDENT, TEACHER, Row, build_method, fashion_data, fit_errors, run_result, trainer_for
 from .study import RESULT_FILE, Study
 
-__all__ = ["CLAIMS", "ROWS", "SETTINGS", "STUDY", "TransferRow", "TransferSetting", "run_transfer"]
+__all__ = ["CLAIMS", "ROWS", "SETTINGS", "STUDY", "TransferRow", "TransferSetting", "run_transfer", "size_curve_report"]
 
 log = logging.getLogger(__name__)
 
@@ -326,16 +326,17 @@ NOTES = """Notes on the design (what a reader comparing with the paper should kn
 """
 
 
-def _curve(results: list[dict[str, Any]], setting: TransferSetting) -> list[dict[str, Any]]:
-    """Per size of :data:`CURVE` with runs: FT and MGD-AMP mean ± std and their paired difference."""
+def _curve(results: list[dict[str, Any]], curve, per_class: int) -> list[dict[str, Any]]:
+    """Per size of ``curve`` (``(size or None, FT row, MGD-AMP row)``) with runs: FT and MGD-AMP mean ± std and
+    their paired difference; ``None``: ``per_class``."""
     points = []
-    for n, ft, amp in CURVE:
+    for n, ft, amp in curve:
         errs = {r: [x["top1_err"] for x in results if x["row"] == r] for r in (ft, amp)}
         if not errs[ft] or not errs[amp]:
             continue
         diffs = paired(results, amp, ft)
         low, high = t_interval(diffs)
-        points.append({"per_class": n or setting.per_class, "ft": mean_std(errs[ft]), "amp": mean_std(errs[amp]),
+        points.append({"per_class": n or per_class, "ft": mean_std(errs[ft]), "amp": mean_std(errs[amp]),
                        "diff": mean_std(diffs) if diffs else (float("nan"), None), "ci95": (low, high),
                        "n": len(diffs)})
     return sorted(points, key=lambda p: p["per_class"])
@@ -343,8 +344,14 @@ def _curve(results: list[dict[str, Any]], setting: TransferSetting) -> list[dict
 
 def _extra_report(results: list[dict[str, Any]], rows: list[dict[str, Any]], setting: TransferSetting,
                   out: Path) -> list[str]:
-    """The size curve: ``size_curve.png`` and a table of FT vs MGD-AMP per target size."""
-    points = _curve(list(results), setting)
+    return size_curve_report(results, CURVE, setting.per_class, out)
+
+
+def size_curve_report(results: list[dict[str, Any]], curve, per_class: int, out: Path) -> list[str]:
+    """The size curve: ``size_curve.png`` and a table of FT vs MGD-AMP per target size (``curve``: ``(size or
+    None, FT row, MGD-AMP row)``, ``None``: ``per_class``; the teacher's error from
+    ``out/pretrained/teacher_target_<size>.json``)."""
+    points = _curve(list(results), curve, per_class)
     if not points:
         return []
     plt = pyplot()

@@ -27,6 +27,16 @@ As torchvision's detection builders: a pre-trained backbone uses ``FrozenBatchNo
 ``trainable_backbone_layers`` stages (default 3; the reference detection code freezes the stem only, ``FREEZE_AT =
 1``: pass 4); a randomly initialised one uses ``BatchNorm2d`` and trains all. Weight files come from the torch hub
 cache (:func:`mgd_lightning.models.weights.ensure_weights`: downloaded there when missing and allowed).
+
+Student norms (``stage_last_norm``, :func:`stage_last_groupnorm`). The reference detection student (``d2/``
+``modeling/backbone/resnet.py`` with ``MODEL.RESNETS.ENABLE_STAGE_LAST_NORM = True``, ``d2/mgd/config.py``) gives the
+last block of each trainable ResNet stage ``GroupNorm(32, C)`` in place of its (frozen) BatchNorms, trained, and
+initialised from the ImageNet BatchNorm's affine parameters (Detectron2 loads the checkpoint's ``norm.weight`` /
+``norm.bias`` into them); every other norm stays frozen. The d2 README says this matters (the student learns the
+statistics and affine parameters the teacher's margins come from). By default (``"auto"``) a ResNet backbone loaded
+from ``weights_backbone`` (a student trained here) gets them: ResNet-18 then trains 4 stages x 2 norms = 16 norm
+parameter tensors. The teacher (``weights=...``, the reference's ``ENABLE_STAGE_LAST_NORM = False``), randomly
+initialised backbones (trainable ``BatchNorm2d`` everywhere) and MobileNet-V2 (no reference) keep their norms.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.nn as nn
 import torchvision.models as tvm
 from torchvision.models import detection as tvd
@@ -46,7 +57,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from mgd_lightning.models.mobilenetv2_mgd import MobileNetV2MGD, mobilenet_v2_mgd
 from mgd_lightning.models.weights import ensure_weights
 
-__all__ = ["ARCHITECTURES", "BACKBONES", "build_detector", "unit_strides", "stage_ends"]
+__all__ = [
+    "ARCHITECTURES", "BACKBONES", "STAGE_LAST_NORMS", "build_detector", "group_norm", "stage_ends",
+    "stage_last_groupnorm", "unit_strides",
+]
 
 #: detector architectures: name -> torchvision class
 ARCHITECTURES: dict[str, type[nn.Module]] = {"retinanet": tvd.RetinaNet, "maskrcnn": tvd.MaskRCNN}
@@ -62,6 +76,54 @@ _COCO_BUILDERS = {
 _FPN_STRIDES = {"retinanet": (8, 16, 32), "maskrcnn": (4, 8, 16, 32)}
 _RESNET_LAYERS = {4: 1, 8: 2, 16: 3, 32: 4}
 FPN_CHANNELS = 256
+#: ``stage_last_norm`` values of :func:`build_detector`
+STAGE_LAST_NORMS = ("auto", "groupnorm", "none")
+#: Detectron2's ``"GN"`` norm: ``GroupNorm(32, C)``
+GROUPS = 32
+
+
+def group_norm(channels: int, groups: int = GROUPS) -> nn.GroupNorm:
+    """``GroupNorm(groups, channels)`` (Detectron2's ``"GN"``: 32 groups), with the largest group count ``<= groups``
+    that divides ``channels`` when ``groups`` does not (e.g. 24 for torchvision MobileNet-V2's 144-channel tap).
+    Default init (weight 1, bias 0); normalises ``(B, channels, H, W)`` per image."""
+    if channels < 1 or groups < 1:
+        raise ValueError(f"group_norm needs channels >= 1 and groups >= 1; got channels={channels}, groups={groups}")
+    count = max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
+    return nn.GroupNorm(count, channels)
+
+
+def _groupnorm_from(norm: nn.Module) -> nn.GroupNorm:
+    """A trainable :func:`group_norm` over ``norm``'s channels with ``norm``'s affine weight and bias."""
+    weight, bias = norm.weight, norm.bias
+    gn = group_norm(weight.numel())
+    with torch.no_grad():
+        gn.weight.copy_(weight.detach())
+        gn.bias.copy_(bias.detach())
+    return gn.to(weight.device)
+
+
+def stage_last_groupnorm(body: nn.Module) -> list[str]:
+    """Give the last block of each trainable ResNet stage of ``body`` (``layer1`` ... ``layer4``, a torchvision
+    ResNet or its ``IntermediateLayerGetter``) :func:`group_norm` layers in place of its BatchNorms (frozen or not),
+    initialised from their affine parameters and trainable: the reference detection student (``d2/``,
+    ``ENABLE_STAGE_LAST_NORM``). A stage is trainable when its last block's convolutions require gradients (frozen
+    stages keep their norms, as Detectron2 leaves the frozen stage's norms alone). Returns the names of the replaced
+    norms, relative to ``body`` (ResNet-18 with 4 trainable stages: ``layer{1..4}.1.bn1`` and ``.bn2``)."""
+    replaced = []
+    for stage in (f"layer{k}" for k in range(1, 5)):
+        layer = getattr(body, stage, None)
+        if not isinstance(layer, nn.Sequential) or not len(layer):
+            continue
+        block = layer[-1]
+        convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+        if not any(p.requires_grad for c in convs for p in c.parameters()):
+            continue
+        for name, module in list(block.named_modules()):
+            if isinstance(module, (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)):
+                parent, _, attr = name.rpartition(".")
+                setattr(block.get_submodule(parent) if parent else block, attr, _groupnorm_from(module))
+                replaced.append(f"{stage}.{len(layer) - 1}.{name}")
+    return replaced
 
 
 def unit_strides(units: nn.Sequential) -> list[int]:
@@ -130,6 +192,15 @@ def _mobilenet_backbone(arch: str, name: str, weight, trainable: int, fpn: int =
     return backbone
 
 
+def _uses_stage_groupnorm(stage_last_norm: str, backbone: str, weights: str | None,
+                          weights_backbone: str | None) -> bool:
+    """Whether ``stage_last_norm`` (``"auto"`` resolved) gives the stages' last blocks GroupNorm."""
+    if stage_last_norm != "auto":
+        return stage_last_norm == "groupnorm"
+    unset = (None, "", "None", "none", "null")
+    return backbone.startswith("resnet") and weights in unset and weights_backbone not in unset
+
+
 def _anchor_generator(arch: str, sizes: Sequence[float]) -> dict[str, AnchorGenerator]:
     """``{"anchor_generator" | "rpn_anchor_generator": AnchorGenerator}`` with base ``sizes`` per FPN level."""
     sizes = tuple(float(s) for s in sizes)
@@ -156,6 +227,7 @@ def build_detector(
     download: bool | None = None,
     detector_args: dict[str, Any] | None = None,
     anchor_sizes: Sequence[float] | None = None,
+    stage_last_norm: str = "auto",
 ) -> nn.Module:
     """A torchvision RetinaNet or Mask R-CNN with an FPN on ``backbone`` (see the module docstring).
 
@@ -182,6 +254,12 @@ def build_detector(
             scales ``2**0, 2**(1/3), 2**(2/3)``; Mask R-CNN ``32 ... 512``, one scale), for objects of COCO's sizes
             at ``min_size=800``. Smaller images with smaller objects (the CPU demo) need smaller anchors. Aspect
             ratios stay 0.5, 1, 2. Not with ``weights`` (a complete detector's head is sized for its anchors).
+        stage_last_norm: the norms of the last block of each trainable ResNet stage (see the module docstring):
+            ``"groupnorm"``: trainable ``GroupNorm(32, C)`` initialised from the BatchNorm's affine parameters, the
+            reference detection student (``d2/``, ``ENABLE_STAGE_LAST_NORM``); ``"none"``: as torchvision builds
+            them (``FrozenBatchNorm2d`` for a pre-trained backbone: no norm trains; the reference teacher, and
+            stock Detectron2's frozen BN); ``"auto"`` (default): ``"groupnorm"`` for a ResNet backbone loaded from
+            ``weights_backbone`` (a student), else ``"none"``. ResNet backbones only.
     """
     from mgd_lightning.models.registry import _load_checkpoint
 
@@ -195,6 +273,11 @@ def build_detector(
         raise ValueError(f"min_size and max_size must satisfy 1 <= min_size <= max_size; got {min_size}, {max_size}")
     if fpn_channels < 1:
         raise ValueError(f"fpn_channels must be >= 1; got {fpn_channels}")
+    if stage_last_norm not in STAGE_LAST_NORMS:
+        raise ValueError(f"stage_last_norm must be one of {STAGE_LAST_NORMS}; got {stage_last_norm!r}")
+    if stage_last_norm == "groupnorm" and not backbone.startswith("resnet"):
+        raise ValueError(f"stage_last_norm='groupnorm' is for ResNet backbones (the reference's d2 student); got "
+                         f"backbone={backbone!r}: use 'none' or 'auto'")
     kwargs = {"min_size": min_size, "max_size": max_size, **(detector_args or {})}
     if anchor_sizes is not None:
         kwargs.update(_anchor_generator(arch, anchor_sizes))
@@ -224,6 +307,8 @@ def build_detector(
         make = _resnet_backbone if backbone.startswith("resnet") else _mobilenet_backbone
         body = make(arch, backbone, weight, trainable, fpn_channels)
         model = ARCHITECTURES[arch](body, num_classes=num_classes, **kwargs)
+    if _uses_stage_groupnorm(stage_last_norm, backbone, weights, weights_backbone):
+        stage_last_groupnorm(model.backbone.body)
     if checkpoint is not None:
         _load_checkpoint(model, checkpoint, checkpoint_prefix)
     return model

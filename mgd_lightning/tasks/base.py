@@ -33,6 +33,9 @@ class Task:
     has_logits: ClassVar[bool] = False
     #: the checkpoint-monitor metric and its mode (for configs and docs)
     monitor: ClassVar[tuple[str, str]] = ("", "max")
+    #: weight decay of norm-layer parameters when the module's ``weight_decay_norm`` is ``None``: ``None`` decays
+    #: them as every other parameter (``weight_decay``)
+    weight_decay_norm: ClassVar[float | None] = None
 
     # ---------------------------------------------------------------- batches
     def split(self, batch: Any) -> tuple[Any, Any]:
@@ -51,6 +54,12 @@ class Task:
 
     def check_models(self, teacher: nn.Module, student: nn.Module) -> None:
         """Raise ``ValueError`` when teacher and student cannot be distilled under this task."""
+
+    def tap_norm(self, channels: int) -> nn.Module:
+        """The trainable student-side norm of one distilled tap of ``channels`` channels (``student_bn=True`` of
+        :class:`~mgd_lightning.DistillationModule`), applied to the student's ``(B, channels, H, W)`` feature before
+        the loss. Default: ``BatchNorm2d(channels)``, as the reference classification code (``mgd/builder.py``)."""
+        return nn.BatchNorm2d(channels)
 
     def forward(self, model: nn.Module, inputs: Any, targets: Any) -> Any:
         """The outputs of one network in training: what :meth:`loss_terms` takes."""

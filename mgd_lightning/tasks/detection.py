@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from mgd_lightning.metrics import MAP_BACKENDS, detection_map_metric, map_log_dict, update_detection_map
+from mgd_lightning.models.detection import group_norm
 
 from .base import Task
 
@@ -52,16 +53,28 @@ class DetectionTask(Task):
     Args:
         backend: COCO evaluation of ``MeanAveragePrecision``: ``"pycocotools"``, ``"faster_coco_eval"`` or ``None``
             (default: the first installed, :func:`mgd_lightning.metrics.coco_map_backend`).
+        tap_norm: the student-side norm on each distilled tap (:meth:`tap_norm`): ``"groupnorm"`` (default, the
+            reference detection code: ``mgd/builder.py`` with ``det=True`` builds ``nn.GroupNorm(32, C)``, batches
+            being 2 images per GPU; :func:`~mgd_lightning.models.detection.group_norm`, fewer groups where 32 does
+            not divide ``C``) or ``"batchnorm"`` (opt-in: ``BatchNorm2d`` as for classification, statistics of the
+            process's batch).
     """
 
     name = "detection"
     has_logits = False
     monitor: ClassVar[tuple[str, str]] = ("val/map", "max")
+    #: Detectron2's ``SOLVER.WEIGHT_DECAY_NORM`` (the reference ``d2/`` code keeps it): no decay on norm parameters
+    weight_decay_norm: ClassVar[float | None] = 0.0
+    #: ``tap_norm`` values
+    TAP_NORMS: ClassVar[tuple[str, ...]] = ("groupnorm", "batchnorm")
 
-    def __init__(self, backend: str | None = None) -> None:
+    def __init__(self, backend: str | None = None, tap_norm: str = "groupnorm") -> None:
         if backend is not None and backend not in MAP_BACKENDS:
             raise ValueError(f"backend must be one of {sorted(MAP_BACKENDS)} or None; got {backend!r}")
+        if tap_norm not in self.TAP_NORMS:
+            raise ValueError(f"tap_norm must be one of {self.TAP_NORMS}; got {tap_norm!r}")
         self.backend = backend
+        self.tap_norm_kind = tap_norm
 
     # ---------------------------------------------------------------- batches
     def split(self, batch: Any) -> tuple[list[torch.Tensor], list[dict[str, Any]] | None]:
@@ -93,6 +106,10 @@ class DetectionTask(Task):
                 f"normalised batch): teacher image_mean={list(t.image_mean)}, image_std={list(t.image_std)}; student "
                 f"image_mean={list(s.image_mean)}, image_std={list(s.image_std)}"
             )
+
+    def tap_norm(self, channels: int) -> nn.Module:
+        """``GroupNorm(32, channels)`` (``tap_norm="groupnorm"``, the reference) or ``BatchNorm2d(channels)``."""
+        return group_norm(channels) if self.tap_norm_kind == "groupnorm" else nn.BatchNorm2d(channels)
 
     def forward(self, model: nn.Module, inputs: list[torch.Tensor], targets: list[dict] | None) -> Any:
         if model.training and targets is None:
