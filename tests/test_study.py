@@ -171,7 +171,7 @@ def test_killing_the_study_stops_its_workers(tmp_path, fashion, how):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=default_sigint,
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # generous: a busy 2-core machine starts spawned workers slowly
         workers: list[int] = []
         while time.monotonic() < deadline and proc.poll() is None:
             # the two run workers (the resource tracker is a third child)
@@ -183,8 +183,8 @@ def test_killing_the_study_stops_its_workers(tmp_path, fashion, how):
         if how == "SIGKILL":  # inside the workers' fit, where Lightning's signal connector catches SIGTERM
             time.sleep(8)
         proc.send_signal(getattr(signal, how))
-        assert proc.wait(timeout=60) != 0
-        deadline = time.monotonic() + 30
+        assert proc.wait(timeout=300) != 0
+        deadline = time.monotonic() + 300  # returns as soon as they are gone
         while time.monotonic() < deadline and any(alive(w) for w in workers):
             time.sleep(0.2)
         assert [w for w in workers if alive(w)] == []
