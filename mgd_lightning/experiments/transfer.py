@@ -320,9 +320,8 @@ NOTES = """Notes on the design (what a reader comparing with the paper should kn
 - MGD rows follow the official code (raw student taps in the matching cost, AMP's mean margin, the matching
   over the whole target training set every 2 epochs); the baselines run at their authors' recipes (KD T = 4,
   CE 0.1, KD 0.9 as our CUB-200 KD config; MGD-AMP + KD keeps the reference code's T = 1.5, weights 1 / 1;
-  FitNets one hint at the middle tap, x100; AT beta 1e3 (the committed results/transfer-cpu AT row was trained
-  before that fix, at beta / 2 = 500, half the loss: a re-run trains it at 1e3); OFD 1/2^(N-k-1), divisor 1e3,
-  teacher in eval mode).
+  FitNets one hint at the middle tap, x100; AT beta 1e3; OFD 1/2^(N-k-1), divisor 1e3, teacher in eval
+  mode).
 - Errors are those of the final model on the held-out target test split (the whole of it, 1,000 images per class,
   in transfer-cpu and transfer-gpu; the first `val_images` of a seeded permutation in transfer-smoke); no top-5
   column: with five target classes it is 0 by construction.
