@@ -39,7 +39,7 @@ from .records import load_json, write_json_atomic
 from .runner import run_jobs
 from .scratch import build_method, fit_errors, run_result, trainer_for
 from .study import RESULT_FILE, PremiseError, Study
-from .transfer import TransferRow, size_curve_report
+from .transfer import TransferRow, mgd_transfer_row, needs_teacher, size_curve_report, target_sizes
 
 __all__ = ["CLAIMS", "ROWS", "SETTINGS", "STUDENT", "STUDY", "TEACHER", "ImagenetTransferSetting",
            "PremiseError", "check_premise", "run_imagenet_transfer"]
@@ -52,11 +52,6 @@ STUDENT = {"name": "efficientnet_lite0", "weights": "IMAGENET1K"}
 TARGET_CLASSES = (2, 4, 6, 7, 9)
 
 
-def _mgd(reducer: str, label: str | None = None, per_class: int | None = None, **module: Any) -> TransferRow:
-    return TransferRow(label or f"MGD-{reducer.upper()}", {"distiller": "mgd", "reducer": reducer, **module},
-                       {"update_every_n_epochs": 2}, per_class=per_class)
-
-
 #: name -> row. MGD updates its matching every 2 epochs over the whole target training set (the reference CUB
 #: recipe); MGD and OFD divide their feature loss by ``loss_factor``; KD uses mdistiller's recipe (as the CUB-200 KD
 #: config), FitNets / AT their distillers' defaults.
@@ -67,16 +62,16 @@ ROWS: dict[str, TransferRow] = {
     "fitnets": TransferRow("FitNets", {"distiller": "fitnets"}),
     "at": TransferRow("AT", {"distiller": "at"}),
     "ofd": TransferRow("OFD", {"distiller": "ofd"}),
-    "mgd_sm": _mgd("sm"),
-    "mgd_amp": _mgd("amp", "MGD-AMP (official: highest-index teacher channels dropped)"),
-    "mgd_amp_exact": _mgd("amp", "MGD-AMP, exact assignment (ours)", unmatched="optimal"),
-    "mgd_amp_kd": _mgd("amp", "MGD-AMP + KD", kd_weight=1.0),
+    "mgd_sm": mgd_transfer_row("sm"),
+    "mgd_amp": mgd_transfer_row("amp", "MGD-AMP (official: highest-index teacher channels dropped)"),
+    "mgd_amp_exact": mgd_transfer_row("amp", "MGD-AMP, exact assignment (ours)", unmatched="optimal"),
+    "mgd_amp_kd": mgd_transfer_row("amp", "MGD-AMP + KD", kd_weight=1.0),
     "amp_no_matching": TransferRow("AMP without matching", {"distiller": "mgd", "reducer": "amp",
                                                             "matching": False}),
     "ft_5": TransferRow("FT, 5 per class", None, per_class=5),
-    "mgd_amp_5": _mgd("amp", "MGD-AMP, 5 per class", per_class=5),
+    "mgd_amp_5": mgd_transfer_row("amp", "MGD-AMP, 5 per class", per_class=5),
     "ft_30": TransferRow("FT, 30 per class", None, per_class=30),
-    "mgd_amp_30": _mgd("amp", "MGD-AMP, 30 per class", per_class=30),
+    "mgd_amp_30": mgd_transfer_row("amp", "MGD-AMP, 30 per class", per_class=30),
 }
 
 #: (size, FT row, MGD-AMP row) of the curve; ``None``: the setting's ``per_class``.
@@ -131,11 +126,16 @@ SETTINGS: dict[str, ImagenetTransferSetting] = {
 
 # ---------------------------------------------------------------------------------------------- training
 def _sizes(setting: ImagenetTransferSetting) -> list[int]:
-    return sorted({ROWS[n].per_class or setting.per_class for n in setting.rows})
+    return target_sizes(ROWS, setting)
 
 
 def _needs_teacher(setting: ImagenetTransferSetting) -> bool:
-    return any(ROWS[n].module is not None for n in setting.rows)
+    return needs_teacher(ROWS, setting)
+
+
+def _run_name(kind: str, per_class: int, lr: float) -> str:
+    """The file stem of a shared run: ``teacher_target_<n>``, or ``premise_<ft|fs>_lr<lr>``."""
+    return f"teacher_target_{per_class}" if kind == "teacher" else f"premise_{kind}_lr{lr:g}"
 
 
 def _files(setting: ImagenetTransferSetting, out: Path) -> list[Path]:
@@ -181,7 +181,7 @@ def _train_one(kind: str, per_class: int, lr: float, setting: ImagenetTransferSe
         epochs, milestones = setting.teacher_epochs, setting.teacher_lr_milestones or milestones
     module = ClassificationModule(model, lr=lr, lr_milestones=list(milestones))
     top1, _ = fit_errors(module, dm, epochs, setting.accelerator)
-    name = f"teacher_target_{per_class}" if kind == "teacher" else f"premise_{kind}_lr{lr:g}"
+    name = _run_name(kind, per_class, lr)
     record = {"name": name, "kind": kind, "top1_err": top1, "per_class": per_class, "lr": lr,
               "epochs": epochs, "model": spec["name"], "wall_s": time.perf_counter() - start,
               "threads": torch.get_num_threads()}
@@ -220,12 +220,9 @@ def prepare(setting: ImagenetTransferSetting, out: Path, root: str | None = None
     if _needs_teacher(setting):
         jobs += [("teacher", n, setting.lr) for n in _sizes(setting)]
 
-    def name(kind: str, n: int, lr: float) -> str:
-        return f"teacher_target_{n}" if kind == "teacher" else f"premise_{kind}_lr{lr:g}"
-
     def cached(job: tuple[str, int, float]) -> bool:
-        done = load_json(folder / f"{name(*job)}.json") is not None
-        return done and (job[0] != "teacher" or (folder / f"{name(*job)}.pt").is_file())
+        done = load_json(folder / f"{_run_name(*job)}.json") is not None
+        return done and (job[0] != "teacher" or (folder / f"{_run_name(*job)}.pt").is_file())
 
     todo = [(*job, setting, out, root) for job in jobs if not cached(job)]
 
@@ -234,10 +231,10 @@ def prepare(setting: ImagenetTransferSetting, out: Path, root: str | None = None
 
     log.info("premise and teachers: %d of %d runs to do", len(todo), len(jobs))
     failed = run_jobs(todo, _train_one, processes=min(setting.jobs, max(len(todo), 1)), threads=setting.threads,
-                      on_done=done, describe=lambda job: name(*job[:3]))
+                      on_done=done, describe=lambda job: _run_name(*job[:3]))
     if failed:
         raise RuntimeError(f"premise / teacher runs failed: {', '.join(failed)} (see the log above; rerun to retry)")
-    records = [load_json(folder / f"{name(*job)}.json") for job in jobs if job[0] != "teacher"]
+    records = [load_json(folder / f"{_run_name(*job)}.json") for job in jobs if job[0] != "teacher"]
     premise = check_premise(records, setting.premise_gap)
     write_json_atomic(out / "premise.json", premise)
     log.info("premise: FT %.2f %% vs FS %.2f %% (lr %g): FT ahead by %.2f points (required %.1f)",

@@ -40,7 +40,8 @@ from .runner import run_jobs
 from .scratch import STUDENT, TEACHER, Row, build_method, fashion_data, fit_errors, run_result, trainer_for
 from .study import RESULT_FILE, Study
 
-__all__ = ["CLAIMS", "ROWS", "SETTINGS", "STUDY", "TransferRow", "TransferSetting", "run_transfer", "size_curve_report"]
+__all__ = ["CLAIMS", "ROWS", "SETTINGS", "STUDY", "TransferRow", "TransferSetting", "mgd_transfer_row", "needs_teacher",
+           "run_transfer", "size_curve_report", "target_sizes"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ class TransferRow(Row):
     per_class: int | None = None
 
 
-def _mgd(reducer: str, label: str | None = None, per_class: int | None = None, **module: Any) -> TransferRow:
+def mgd_transfer_row(reducer: str, label: str | None = None, per_class: int | None = None,
+                     **module: Any) -> TransferRow:
+    """An MGD row of a transfer study: ``reducer``, the matching updated every 2 epochs (the reference CUB recipe)."""
     return TransferRow(label or f"MGD-{reducer.upper()}", {"distiller": "mgd", "reducer": reducer, **module},
                        {"update_every_n_epochs": 2}, per_class=per_class)
 
@@ -74,16 +77,16 @@ ROWS: dict[str, TransferRow] = {
     "fitnets": TransferRow("FitNets", {"distiller": "fitnets"}),
     "at": TransferRow("AT", {"distiller": "at"}),
     "ofd": TransferRow("OFD", {"distiller": "ofd"}),
-    "mgd_sm": _mgd("sm"),
-    "mgd_rd": _mgd("rd"),
-    "mgd_amp": _mgd("amp"),
-    "mgd_amp_kd": _mgd("amp", "MGD-AMP + KD", kd_weight=1.0),
+    "mgd_sm": mgd_transfer_row("sm"),
+    "mgd_rd": mgd_transfer_row("rd"),
+    "mgd_amp": mgd_transfer_row("amp"),
+    "mgd_amp_kd": mgd_transfer_row("amp", "MGD-AMP + KD", kd_weight=1.0),
     "amp_no_matching": TransferRow("AMP without matching", {"distiller": "mgd", "reducer": "amp",
                                                             "matching": False}),
     "ft_10": TransferRow("FT, 10 per class", None, per_class=10),
-    "mgd_amp_10": _mgd("amp", "MGD-AMP, 10 per class", per_class=10),
+    "mgd_amp_10": mgd_transfer_row("amp", "MGD-AMP, 10 per class", per_class=10),
     "ft_100": TransferRow("FT, 100 per class", None, per_class=100),
-    "mgd_amp_100": _mgd("amp", "MGD-AMP, 100 per class", per_class=100),
+    "mgd_amp_100": mgd_transfer_row("amp", "MGD-AMP, 100 per class", per_class=100),
 }
 
 #: (FT row, MGD-AMP row) at each size of the curve; ``None``: the setting's ``per_class``.
@@ -135,13 +138,22 @@ SETTINGS: dict[str, TransferSetting] = {
 
 
 # ---------------------------------------------------------------------------------------------- training
+def target_sizes(rows: dict[str, TransferRow], setting: Any) -> list[int]:
+    """The target sizes (images per class) the setting's rows use (``per_class`` ``None``: the setting's)."""
+    return sorted({rows[n].per_class or setting.per_class for n in setting.rows})
+
+
+def needs_teacher(rows: dict[str, Any], setting: Any) -> bool:
+    """Whether any of the setting's rows distils (a row with ``module`` arguments needs the teacher)."""
+    return any(rows[n].module is not None for n in setting.rows)
+
+
 def _sizes(setting: TransferSetting) -> list[int]:
-    """The target sizes (images per class) the setting's rows use."""
-    return sorted({ROWS[n].per_class or setting.per_class for n in setting.rows})
+    return target_sizes(ROWS, setting)
 
 
 def _needs_teacher(setting: TransferSetting) -> bool:
-    return any(ROWS[n].module is not None for n in setting.rows)
+    return needs_teacher(ROWS, setting)
 
 
 def _files(setting: TransferSetting, out: Path) -> list[Path]:
