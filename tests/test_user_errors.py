@@ -19,22 +19,12 @@ from mgd_lightning.checkpoints import TEMP_PREFIX, CheckpointMismatchError, atom
 from mgd_lightning.distill.checkpoint_io import AtomicCheckpointIO
 from mgd_lightning.distill.classifier import ModelDataMismatchError, NonFiniteLossError
 from mgd_lightning.models import build_model
+from tests.test_fault_injection import _cli_error
 from tests.test_no_silent_errors import TINY_CLI
 from tests.toys import ToyNet, digits_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = ROOT / "configs" / "digits" / "mgd_amp.yaml"
-
-
-def _cli_error(argv: list[str]) -> str:
-    """The one-line error ``mgd-lightning`` exits with (a traceback fails the test)."""
-    from mgd_lightning.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    message = str(exit_info.value.code)
-    assert message.startswith("mgd-lightning: error: ") and "\n" not in message, message
-    return message
 
 
 def _trainer(tmp_path, **kwargs) -> pl.Trainer:

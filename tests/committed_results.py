@@ -1,0 +1,54 @@
+"""One check for a study's committed results folder: the tables, claims and plots are what its runs give, made by
+HEAD's rows and setting (used by the tests of each study)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from mgd_lightning.experiments import reports
+from mgd_lightning.experiments.claims import check_claims
+
+
+def check_committed_study(folder: Path, study, setting_name: str, plots: tuple[str, ...],
+                          names_its_study: bool = True) -> list[dict]:
+    """Assert ``folder`` holds every (row, seed) run of the setting, that results.csv (mean and std per row) and
+    claims.json are their aggregate, that environment.json names the study with HEAD's rows and setting (less the
+    scheduling fields), and that the plots were written. ``names_its_study=False``: an environment.json written
+    before it recorded the study's name (results/study-cpu). Returns the runs."""
+    setting = study.settings[setting_name]
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("runs/*/seed*/result.json"))]
+    assert len(runs) == len(setting.rows) * len(setting.seeds)
+    with (folder / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    again = reports.aggregate(runs, setting.rows, study.label)
+    assert [r["row"] for r in table] == list(setting.rows)
+    for committed, row in zip(table, again):
+        assert int(committed["n_seeds"]) == row["n_seeds"] == len(setting.seeds)
+        assert float(committed["top1_err_mean"]) == pytest.approx(row["top1_err_mean"])
+        assert float(committed["top1_err_std"]) == pytest.approx(row["top1_err_std"])
+    assert json.loads((folder / "claims.json").read_text()) == json.loads(json.dumps(check_claims(runs,
+                                                                                                  study.claims)))
+    env = json.loads((folder / "environment.json").read_text())
+    assert env["setting_name"] == setting_name and env["packages"]["torch"]
+    if names_its_study:
+        assert env["study"] == study.name
+    # made by HEAD's rows and setting: a change to either needs the study re-run
+    assert env["rows_config"] == study.rows_config()
+    now = reports.jsonable(dataclasses.asdict(setting))
+    assert {k: v for k, v in env["setting"].items() if k not in reports.SCHEDULING_FIELDS} == \
+        {k: v for k, v in now.items() if k not in reports.SCHEDULING_FIELDS}
+    for plot in plots:
+        assert (folder / plot).stat().st_size > 10_000
+    return runs
+
+
+def readme_lines_missing(folder: Path, readme: Path, prefixes: tuple[str, ...]) -> list[str]:
+    """The lines of ``folder/results.md`` starting with ``prefixes`` that the README does not hold."""
+    text = readme.read_text()
+    return [line for line in (folder / "results.md").read_text().splitlines()
+            if line.startswith(prefixes) and line not in text]
