@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-backends lint bench demo demo-detection study transfer imagenet-transfer fashion-mnist clean
+.PHONY: install test test-backends docs lint bench demo demo-detection study transfer imagenet-transfer fashion-mnist clean
 
 $(STAMP): setup.py setup.cfg requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,22 @@ test-backends: $(VENV_L)/.installed $(VENV_B)/.installed
 	MGD_EXPECT_BACKEND=lightning $(VENV_L)/bin/python -m pytest -p no:cacheprovider $(BACKEND_TESTS)
 	MGD_LIGHTNING_BACKEND=lightning MGD_EXPECT_BACKEND=lightning $(VENV_B)/bin/python -m pytest -p no:cacheprovider $(BACKEND_TESTS)
 
+# The documentation site (docs/, Sphinx + MyST + MyST-NB, Furo theme) into docs/_build/html: open
+# docs/_build/html/index.html. Strict and offline: every warning fails (-W, all reported: --keep-going), unresolved
+# cross-references too (-n, nitpicky; docs/conf.py says which third-party names are let through without intersphinx);
+# always a full build (-E), as an incremental one would not re-report the warnings of unchanged pages. The pages'
+# code blocks are run by tests/test_docs.py (make test).
+DOCS_STAMP := $(VENV)/.docs-installed
+SPHINX_ARGS ?=
+$(DOCS_STAMP): $(STAMP) setup.cfg requirements/constraints.txt
+	$(PY) -m pip install --disable-pip-version-check -q -c requirements/constraints.txt -e '.[docs]'
+	touch $@
+
+docs: $(DOCS_STAMP)
+	rm -rf docs/_build docs/_generated
+	MGD_LIGHTNING_OFFLINE=1 $(PY) -m sphinx -b html -W --keep-going -n -E -q -d docs/_build/doctrees $(SPHINX_ARGS) docs docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
@@ -91,4 +107,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/solver.py
 
 clean:
-	rm -rf $(VENV) $(VENV_L) $(VENV_B) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_L) $(VENV_B) build *.egg-info .pytest_cache .ruff_cache .hypothesis docs/_build docs/_generated

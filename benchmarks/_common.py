@@ -22,7 +22,7 @@ import torch
 PAIRS: dict[str, tuple[str, dict, str, dict, int]] = {
     "resnet50-mobilenet_v2": ("resnet50", {}, "mobilenet_v2", {}, 224),
     "resnet50-shufflenet_v2_x1_0": ("resnet50", {}, "shufflenet_v2_x1_0", {}, 224),
-    # the demo's pair (mgd_lightning/demo.py): CIFAR ResNet-14 x2 -> ResNet-8 x1 at 28 x 28
+    # the demo's pair (mgd_lightning/demos/classification.py): CIFAR ResNet-14 x2 -> ResNet-8 x1 at 28 x 28
     "cifar_resnet14x2-cifar_resnet8x1": ("cifar_resnet", {"depth": 14, "width": 2},
                                          "cifar_resnet", {"depth": 8, "width": 1}, 28),
     "resnet18-mobilenet_v2": ("resnet18", {}, "mobilenet_v2", {}, 64),

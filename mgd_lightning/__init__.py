@@ -1,12 +1,20 @@
 """mgd-lightning: Matching Guided Distillation (Yue, Deng, Zhou, ECCV 2020) for PyTorch Lightning.
 
-Layers, bottom to top (lower layers never import upper ones):
+Layers, bottom to top (lower layers never import upper ones; ``tests/test_layering.py`` checks it):
 
 * math core, plain torch + SciPy: :mod:`mgd_lightning.matching`, :mod:`mgd_lightning.reduction`,
   :mod:`mgd_lightning.losses`;
-* models and feature taps, plain torch: :mod:`mgd_lightning.models`;
-* the Lightning layer: :class:`DistillationModule`, :class:`MGDMatchingCallback`
-  (:mod:`mgd_lightning.distill`).
+* support: :mod:`mgd_lightning.metrics`, :mod:`mgd_lightning.checkpoints`, :mod:`mgd_lightning._lightning` (the
+  Lightning namespace), :mod:`mgd_lightning.plotting` (matplotlib);
+* building blocks: :mod:`mgd_lightning.models` (plain torch), :mod:`mgd_lightning.data`,
+  :mod:`mgd_lightning.distillers`, :mod:`mgd_lightning.tasks`;
+* the Lightning layer: feature taps, :class:`DistillationModule`, :class:`MGDMatchingCallback`
+  (:mod:`mgd_lightning.distill`);
+* the studies: :mod:`mgd_lightning.experiments`;
+* the demos' bodies: :mod:`mgd_lightning.demos`;
+* the ways in, one module per ``mgd-lightning`` subcommand: :mod:`mgd_lightning.commands`. The modules that stood
+  at this package's top before it (``cli``, ``demo``, ``demo_detection``, ``taps_command``, ``export``, ``study``,
+  ``compare``) still import, with a ``DeprecationWarning`` naming the new place.
 
 ``import mgd_lightning`` stays light: the Lightning layer is imported on first attribute access.
 """

@@ -3,7 +3,7 @@ atomic writes (:func:`atomic_save`).
 
 ``torch.load`` on a 0-byte file raises an ``EOFError`` with an empty message, which jsonargparse's error formatter
 cannot print (``IndexError``); the CLI checks the files a run will read with :func:`check_checkpoint_file` before
-it builds anything (:class:`mgd_lightning.cli.MGDCLI`).
+it builds anything (:class:`mgd_lightning.commands.cli.MGDCLI`).
 """
 
 from __future__ import annotations

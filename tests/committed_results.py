@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,8 +48,37 @@ def check_committed_study(folder: Path, study, setting_name: str, plots: tuple[s
     return runs
 
 
-def readme_lines_missing(folder: Path, readme: Path, prefixes: tuple[str, ...]) -> list[str]:
-    """The lines of ``folder/results.md`` starting with ``prefixes`` that the README does not hold."""
+ROOT = Path(__file__).resolve().parents[1]
+#: the mark before lines that the README quotes from a study's report: ``<!-- quoted from results/<folder>/results.md
+#: -->``; the quoted lines follow it, up to the next blank line
+QUOTE_MARK = re.compile(r"^<!-- quoted from results/(?P<folder>[^/]+)/results\.md -->$", re.M)
+
+
+def readme_quotes(readme: Path) -> dict[str, list[str]]:
+    """The README's quoted results lines, per results folder name."""
     text = readme.read_text()
-    return [line for line in (folder / "results.md").read_text().splitlines()
-            if line.startswith(prefixes) and line not in text]
+    quotes: dict[str, list[str]] = {}
+    for mark in QUOTE_MARK.finditer(text):
+        block = text[mark.end():].lstrip("\n").split("\n\n", 1)[0]
+        quotes.setdefault(mark.group("folder"), []).extend(line for line in block.splitlines() if line.strip())
+    return quotes
+
+
+def readme_quotes_not_in_report(folder: Path, readme: Path) -> list[str]:
+    """The lines the README quotes from ``folder/results.md`` (its headline results) that the report does not hold
+    as they are: every figure the README quotes is then one of the committed report, which the committed-study check
+    ties to results.csv / claims.json and the runs."""
+    report = set((folder / "results.md").read_text().splitlines())
+    return [line for line in readme_quotes(readme).get(folder.name, []) if line not in report]
+
+
+def docs_page_problems(folder: Path, page: Path) -> list[str]:
+    """What keeps the study's docs page from showing ``folder``'s report in full: the page must include
+    ``results.md`` itself (so every table and claim line is shown as the study wrote it, nothing copied by hand) and
+    every plot of the folder."""
+    text = page.read_text()
+    rel = Path("../../results") / folder.name
+    problems = [] if f"```{{include}} {rel.as_posix()}/results.md\n" in text else [f"no include of {rel}/results.md"]
+    problems += [f"no plot {png.name}" for png in sorted(folder.glob("*.png")) if f"]({rel.as_posix()}/{png.name})"
+                 not in text]
+    return problems

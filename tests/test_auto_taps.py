@@ -16,7 +16,7 @@ import torch.nn as nn
 import torchvision.models as tvm
 
 from mgd_lightning import DistillationModule
-from mgd_lightning.cli import main as cli_main
+from mgd_lightning.commands.main import main as cli_main
 from mgd_lightning.distill.auto_taps import auto_taps, tap_shapes
 from mgd_lightning.distill.taps import FeatureTaps, Tap, preset_taps, resolve_taps
 from mgd_lightning.models import build_model

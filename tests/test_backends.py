@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from mgd_lightning import DistillationModule, MGDMatchingCallback
 from mgd_lightning._lightning import BACKEND, NAMESPACE, map_class_path, pl
-from mgd_lightning.cli import run_cli
+from mgd_lightning.commands.cli import run_cli
 from tests.toys import ToyNet, digits_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

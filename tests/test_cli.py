@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mgd_lightning.cli import main
+from mgd_lightning.commands.main import main
 from tests.test_data import _make_cub
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "cub200" / "ft_mobilenet_v2.yaml")

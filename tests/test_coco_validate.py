@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mgd_lightning.cli import main
+from mgd_lightning.commands.main import main
 from tests.coco_tree import write_coco_tree
 from tests.test_detection_configs import CONFIG_DIR, _detectors, _load, _seed_weights
 

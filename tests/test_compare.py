@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import mgd_lightning.compare as compare
+import mgd_lightning.commands.compare as compare
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits" / "mgd_amp.yaml"
 TINY = [

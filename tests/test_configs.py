@@ -1,6 +1,6 @@
 """The configs under ``configs/``: each parses, follows the paper's recipe, and runs a few CPU steps.
 
-The runs go through :func:`mgd_lightning.cli.run_cli` (in process) on tiny data written in the real on-disk
+The runs go through :func:`mgd_lightning.commands.cli.run_cli` (in process) on tiny data written in the real on-disk
 formats (the CUB_200_2011 archive, torchvision's cifar-100-python pickles, ImageNet class folders), with
 torchvision weight files pre-seeded in a temporary torch hub cache (random weights of the right architecture)
 and the teachers' checkpoints produced by running the teacher configs themselves. The command line changes only
@@ -20,7 +20,7 @@ import torch
 import torchvision
 import yaml
 
-from mgd_lightning.cli import MGDCLI, run_cli
+from mgd_lightning.commands.cli import MGDCLI, run_cli
 from mgd_lightning.distill.callback import MGDMatchingCallback
 from mgd_lightning.distill.classifier import ClassificationModule, infer_num_classes
 from mgd_lightning.distill.module import DistillationModule

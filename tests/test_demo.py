@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mgd_lightning.demo import main
+from mgd_lightning.commands.demo import main
 
 
 def test_demo_end_to_end_on_the_digits_fallback(tmp_path, capsys):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mgd_lightning.cli import main
+from mgd_lightning.commands.main import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -42,7 +42,8 @@ def test_detection_demo_argument_errors(tmp_path):
 
 
 def test_detection_demo_anchors_follow_the_image_size():
-    from mgd_lightning.demo_detection import anchor_sizes, parser
+    from mgd_lightning.commands.demo import detection_parser as parser
+    from mgd_lightning.demos.detection import anchor_sizes
 
     assert anchor_sizes(parser().parse_args([])) == [16, 32, 64, 128, 256]  # 64 px images, shapes of 16-32 px
     assert anchor_sizes(parser().parse_args(["--image-size", "96"])) == [24, 48, 96, 192, 384]

@@ -13,7 +13,7 @@ import torch
 import torchvision
 import yaml
 
-from mgd_lightning.cli import MGDCLI, run_cli
+from mgd_lightning.commands.cli import MGDCLI, run_cli
 from mgd_lightning.distill.callback import MGDMatchingCallback
 from mgd_lightning.distill.module import DistillationModule
 from mgd_lightning.distill.step_schedule import check_step_schedule, scheduled_steps
@@ -119,7 +119,7 @@ def test_predict_and_export_of_a_coco_run(tmp_path, monkeypatch, capsys):
     line."""
     import json
 
-    from mgd_lightning.cli import main
+    from mgd_lightning.commands.main import main
     from mgd_lightning.distill.prediction_writer import DetectionWriter
     from mgd_lightning.models import build_detector
     from tests.coco_tree import VAL_IMAGES

@@ -141,7 +141,7 @@ def test_the_bn_before_a_tap_inside_a_fused_bn_is_that_bn():
 
 
 def test_the_taps_command_shows_the_pair(capsys):
-    from mgd_lightning.taps_command import main
+    from mgd_lightning.commands.taps import main
 
     main(["efficientnet_lite2", "--student", "efficientnet_lite0", "--input_size", "3", "64", "64"])
     out = capsys.readouterr().out

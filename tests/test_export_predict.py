@@ -170,7 +170,7 @@ def test_a_teacher_of_another_architecture_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """One tiny CLI run of configs/digits/mgd_amp.yaml: (its folder, its trained module)."""
-    from mgd_lightning.cli import run_cli
+    from mgd_lightning.commands.cli import run_cli
 
     folder = tmp_path_factory.mktemp("digits")
     cwd = os.getcwd()
@@ -187,7 +187,7 @@ def _student_of_the_digits_config():
 
 
 def test_export_state_dict_loads_into_the_bare_model(digits_run, tmp_path, capsys):
-    from mgd_lightning.cli import main
+    from mgd_lightning.commands.main import main
 
     folder, module = digits_run
     last = folder / "runs" / "digits" / "mgd_amp" / "checkpoints" / "last.ckpt"
@@ -203,7 +203,7 @@ def test_export_state_dict_loads_into_the_bare_model(digits_run, tmp_path, capsy
 
 
 def test_export_torchscript_matches_and_onnx_without_onnx_says_how(digits_run, tmp_path, capsys, monkeypatch):
-    from mgd_lightning.cli import main
+    from mgd_lightning.commands.main import main
 
     folder, module = digits_run
     last = str(folder / "runs" / "digits" / "mgd_amp" / "checkpoints" / "last.ckpt")
@@ -235,7 +235,7 @@ def test_onnx_export_is_one_self_contained_file_without_warnings(digits_run, tmp
     onnxruntime = pytest.importorskip("onnxruntime")
     import warnings
 
-    from mgd_lightning.cli import main
+    from mgd_lightning.commands.main import main
 
     folder, module = digits_run
     last = str(folder / "runs" / "digits" / "mgd_amp" / "checkpoints" / "last.ckpt")
@@ -258,7 +258,7 @@ def test_onnx_export_is_one_self_contained_file_without_warnings(digits_run, tmp
 
 
 def test_export_argument_errors_are_accurate_one_liners(digits_run, tmp_path):
-    from mgd_lightning.cli import main
+    from mgd_lightning.commands.main import main
 
     folder, _ = digits_run
     checkpoints = folder / "runs" / "digits" / "mgd_amp" / "checkpoints"
@@ -301,7 +301,7 @@ def _importable(name: str) -> bool:
 
 
 def test_predict_writes_one_row_per_image(digits_run, capsys, monkeypatch):
-    from mgd_lightning.cli import run_cli
+    from mgd_lightning.commands.cli import run_cli
 
     folder, _ = digits_run
     monkeypatch.chdir(folder)

@@ -331,7 +331,7 @@ def test_ctrl_c_in_a_cli_run_shuts_down_gracefully_and_leaves_loadable_checkpoin
     The signal lands wherever the run is (training, validation, the matching pass, a checkpoint write)."""
     epochs = 1000  # never reached: the interrupt comes first
     probe = json.dumps({"class_path": "tests.test_fault_injection.InterruptProbe", "init_args": {"out": str(tmp_path)}})
-    cmd = [sys.executable, "-m", "mgd_lightning.cli", "fit", "--config", str(DIGITS_CONFIG),
+    cmd = [sys.executable, "-m", "mgd_lightning.commands.main", "fit", "--config", str(DIGITS_CONFIG),
            f"--trainer.max_epochs={epochs}", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
            "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",
            "--trainer.enable_model_summary=false", "--mgd.num_samples=16", "--mgd.update_every_n_epochs=1",
@@ -471,7 +471,7 @@ def _truncated(source: Path, path: Path, cut: str) -> Path:
 
 def _cli_error(argv: list[str]) -> str:
     """The one-line error ``mgd-lightning`` exits with (a traceback fails the test)."""
-    from mgd_lightning.cli import main
+    from mgd_lightning.commands.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

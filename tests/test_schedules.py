@@ -31,7 +31,7 @@ import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from mgd_lightning._lightning import pl
-from mgd_lightning.cli import MGDCLI, run_cli
+from mgd_lightning.commands.cli import MGDCLI, run_cli
 from mgd_lightning.distill.classifier import ClassificationModule, WarmupMultiStepLR
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-import mgd_lightning.study as study_cli
+import mgd_lightning.commands.study as study_cli
 from mgd_lightning.experiments import reports, scratch
 from mgd_lightning.experiments.claims import check_claims, claims_markdown
 from mgd_lightning.experiments.study import run_study
-from tests.committed_results import check_committed_study
+from tests.committed_results import check_committed_study, docs_page_problems, readme_quotes_not_in_report
 from tests.procs import alive, children, default_sigint
 from tests.test_data import _make_fashion
 
@@ -167,8 +167,8 @@ def test_killing_the_study_stops_its_workers(tmp_path, fashion, how):
     alone (Ctrl-C reaches the whole process group; this is the harder case): it stops its workers and exits."""
     out = tmp_path / "study"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mgd_lightning.study", "--setting", "smoke", "--out", str(out), "--root", str(fashion),
-         "--rows", "mgd_amp", "mgd_rd", "--seeds", "0", "1", "2", "--jobs", "2"],
+        [sys.executable, "-m", "mgd_lightning.commands.study", "--setting", "smoke", "--out", str(out),
+         "--root", str(fashion), "--rows", "mgd_amp", "mgd_rd", "--seeds", "0", "1", "2", "--jobs", "2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=default_sigint,
     )
     try:
@@ -226,6 +226,7 @@ def test_a_folder_of_another_setting_is_refused_and_a_lost_teacher_is_not_silent
 
 STUDY = Path(__file__).resolve().parents[1] / "results" / "study-cpu"
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "studies" / "reproduction.md"
 
 
 def test_committed_study_report_is_what_its_runs_give():
@@ -234,14 +235,17 @@ def test_committed_study_report_is_what_its_runs_give():
                           names_its_study=False)  # its environment.json predates the study's name in it
 
 
-def test_readme_summary_matches_the_committed_study():
-    readme, report = README.read_text(), (STUDY / "results.md").read_text()
+def test_docs_and_readme_show_the_committed_study():
+    report = (STUDY / "results.md").read_text()
     table = [line for line in report.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(scratch.SETTINGS["cpu"].rows)
     claims = [line for line in report.splitlines() if line.startswith(("- **", "  - "))]
     assert len(claims) >= len(scratch.CLAIMS)
-    missing = [line for line in table + claims if line not in readme]
-    assert missing == [], "README's study section differs from results/study-cpu/results.md"
+    # the docs page shows the whole report (it includes results.md and the plots); whatever the README quotes of it
+    # is a line of it
+    assert docs_page_problems(STUDY, DOCS_PAGE) == []
+    missing = readme_quotes_not_in_report(STUDY, README)
+    assert missing == [], "README quotes lines that results/study-cpu/results.md does not hold"
 
 
 def _fake_folder(out: Path, study, setting_name: str, row: str) -> None:

@@ -122,7 +122,7 @@ def test_a_classification_module_stops_on_a_non_finite_loss_without_a_nan_checkp
     for path in (tmp_path / "ckpt").glob("*.ckpt"):
         state = torch.load(path, map_location="cpu", weights_only=True)
         assert all(bool(torch.isfinite(v).all()) for v in state["state_dict"].values() if v.is_floating_point())
-    from mgd_lightning.cli import USER_ERRORS
+    from mgd_lightning.commands.cli import USER_ERRORS
 
     assert issubclass(NonFiniteLossError, USER_ERRORS) and issubclass(ModelDataMismatchError, USER_ERRORS)
 
@@ -193,7 +193,7 @@ def test_fit_writes_checkpoints_through_the_atomic_writer(tmp_path, monkeypatch)
 
 # ---------------------------------------------------------------------------------------------- 16. minor
 def test_the_progress_bar_shows_the_run_version_not_csv(tmp_path, monkeypatch):
-    from mgd_lightning.cli import run_cli
+    from mgd_lightning.commands.cli import run_cli
 
     monkeypatch.chdir(tmp_path)
     cli = run_cli(["--config", str(DIGITS_CONFIG), "--trainer.enable_progress_bar=false"], run=False)
@@ -204,7 +204,7 @@ def test_the_progress_bar_shows_the_run_version_not_csv(tmp_path, monkeypatch):
 
 
 def test_taps_probes_at_the_models_default_input_size():
-    from mgd_lightning.taps_command import describe_taps
+    from mgd_lightning.commands.taps import describe_taps
 
     text = describe_taps("wrn_28_4", student="wrn_16_2")
     assert "at input (3, 32, 32)" in text and "224" not in text
@@ -216,7 +216,7 @@ def test_a_cli_resume_does_not_warn_that_the_checkpoint_directory_is_not_empty(t
     a new run into that folder (no --ckpt_path) is still warned."""
     import warnings
 
-    from mgd_lightning.cli import run_cli
+    from mgd_lightning.commands.cli import run_cli
 
     monkeypatch.chdir(tmp_path)
     run_cli(["fit", "--config", str(DIGITS_CONFIG), *TINY_CLI])

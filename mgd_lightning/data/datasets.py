@@ -1,7 +1,8 @@
 """Small map-style datasets shared by the data modules: image files on disk, and images held in a tensor.
 
 Each yields ``(transform(image), label)`` with an ``int`` label. A training set and its matching set
-(same images, evaluation transform) share one sample list or tensor: :meth:`with_transform` makes the view.
+(same images, evaluation transform) share one sample list or tensor: :meth:`ImageFileDataset.with_transform` /
+:meth:`TensorImageDataset.with_transform` makes the view.
 
 A data file that exists but cannot be read (truncated, corrupt, not in the expected format) raises
 :class:`DataFileError`, whose message names the file.

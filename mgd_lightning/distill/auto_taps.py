@@ -17,31 +17,31 @@ submodule, in eval mode, activations temporarily not inplace) and applies this r
    it: the next stage, a pooling layer, the classifier's global pool (not a squeeze-and-excitation pool
    inside the stage, nor a container of all stages). When the network pools
    functionally (DenseNet's ``F.adaptive_avg_pool2d``, MNASNet's ``x.mean``), ``X`` is the output of the last
-   module returning the stage's size, and only rules a-c below apply (so a ViT's patch embedding, which
+   module returning the stage's size, and only rules a-e below apply (so a ViT's patch embedding, which
    no module reduces and no activation follows, is no stage).
 3. **Its pre-activation**, the tapped tensor, in this order of preference:
 
    a. ``X`` is the output of an activation module (ReLU, ReLU6, SiLU, GELU, Hardswish, ...): the input of
       that call. For a ResNet-like block whose last op is a residual add without a module, this is the sum
       before the block's last ReLU: ``Tap("layerK.N.relu", "input")``, the ResNet preset's tensor.
-   a'. ``X`` is the output of a functional activation (``F.relu(self.bn(x))``, ``torch.relu``, ``x.relu_()``,
+   b. ``X`` is the output of a functional activation (``F.relu(self.bn(x))``, ``torch.relu``, ``x.relu_()``,
       ..., traced with a ``TorchFunctionMode``; those inside activation modules are theirs): its input, the output
       of the module that made it (a plain CNN's BatchNorm outputs; GoogLeNet's stem stages, ``conv1.bn``,
       ``conv3.bn``).
-   b. ``X`` is normalised then activated, by a module or functionally (a pre-activation BN, DenseNet's
+   c. ``X`` is normalised then activated, by a module or functionally (a pre-activation BN, DenseNet's
       transitions): the input of that activation.
-   b'. ``X`` itself is then activated functionally: ``X``, as the output of the innermost module that returned
+   d. ``X`` itself is then activated functionally: ``X``, as the output of the innermost module that returned
       it (DenseNet's last stage: ``features.norm5``, then ``F.relu(features, inplace=True)``).
-   c. Otherwise (linear bottlenecks: MobileNet-V3, EfficientNet, MNASNet) the last activation input of the
+   e. Otherwise (linear bottlenecks: MobileNet-V3, EfficientNet, MNASNet) the last activation input of the
       stage's size computed before ``X``: the expanded depthwise-BN output of the stage's last unit (the
       MobileNet-V2 preset's tensor, paper Fig. 3b).
-   d. Otherwise (no activation at the stage's size: ConvNeXt, whose GELU runs channels-last; GoogLeNet's
+   f. Otherwise (no activation at the stage's size: ConvNeXt, whose GELU runs channels-last; GoogLeNet's
       inception stages, which end on a concatenation of activated branches: no pre-activation tensor exists)
       ``X`` itself, the stage output.
 
    A candidate is kept only if a hook can take exactly it (the module call is the module's last call in
    the forward) and nothing modifies it in place later; the activation modules that would overwrite it are
-   listed in ``Tap.non_inplace``, and a tensor that a functional activation overwrites in place (a', b, b')
+   listed in ``Tap.non_inplace``, and a tensor that a functional activation overwrites in place (b, c, d)
    is kept as a copy (``Tap.clone``).
 
 The taps come highest resolution first, one per stage, the stem's too (the ResNet presets skip it: there
@@ -59,7 +59,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from .taps import Tap
+from .feature_taps import FeatureTaps, Tap
 
 __all__ = ["auto_taps", "pair_by_size", "tap_shapes", "ACTIVATIONS"]
 
@@ -288,14 +288,14 @@ def _stage_taps(calls: list[_Call], example: torch.Tensor,
                 tap = act_input_tap(j)
                 if tap is not None:
                     break
-        # a'. X is a functional activation's output (F.relu(self.bn(x))): the input of that activation
+        # b. X is a functional activation's output (F.relu(self.bn(x))): the input of that activation
         if tap is None:
             for f in func_by_output.get(id(x), ()):
                 if f.out_version == x_version:
                     tap = pre_functional_tap(f.inp, f.inp_version)
                     if tap is not None:
                         break
-        # b. X normalised, then activated (by a module, or functionally)
+        # c. X normalised, then activated (by a module, or functionally)
         if tap is None:
             for j in by_input.get(id(x), ()):
                 n = calls[j]
@@ -307,10 +307,10 @@ def _stage_taps(calls: list[_Call], example: torch.Tensor,
                         tap = pre_functional_tap(n.out, n.out_version)
                     if tap is not None:
                         break
-        # b'. X itself activated functionally (DenseNet: features.norm5, then F.relu(inplace=True))
+        # d. X itself activated functionally (DenseNet: features.norm5, then F.relu(inplace=True))
         if tap is None and any(f.inp_version == x_version for f in func_by_input.get(id(x), ())):
             tap = pre_functional_tap(x, x_version)
-        # c. the last activation input of this size computed before X
+        # e. the last activation input of this size computed before X
         if tap is None:
             for j in range(len(calls) - 1, -1, -1):
                 c = calls[j]
@@ -318,7 +318,7 @@ def _stage_taps(calls: list[_Call], example: torch.Tensor,
                     tap = act_input_tap(j)
                     if tap is not None:
                         break
-        # d. X itself (not for a functional ending: a ViT's patch embedding is no stage)
+        # f. X itself (not for a functional ending: a ViT's patch embedding is no stage)
         if tap is None and not fallback:
             tap = output_tap(x, x_version)
         if tap is not None and all(tap.module != t.module or tap.kind != t.kind for t, _ in found):
@@ -373,8 +373,6 @@ def auto_taps(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> li
 
 def tap_shapes(model: nn.Module, taps: Sequence[Tap], input_size: Sequence[int]) -> list[tuple[int, ...]]:
     """The shape (1, C, H, W) of each tapped tensor for one probe input of ``input_size`` (eval mode)."""
-    from .taps import FeatureTaps
-
     param = next(model.parameters(), None)
     example = torch.zeros(1, *input_size, device=param.device if param is not None else "cpu")
     inplace = {m: m.inplace for m in model.modules() if isinstance(getattr(m, "inplace", None), bool)}

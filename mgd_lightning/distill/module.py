@@ -3,6 +3,12 @@
 The matching itself is updated by :class:`mgd_lightning.MGDMatchingCallback` (coordinate descent,
 section 3.4); this module holds it in persistent buffers and applies it in every training step.
 
+Parts, one job each: :mod:`~mgd_lightning.distill.arguments` (the arguments checked, and the distillers' defaults),
+:mod:`~mgd_lightning.distill.tap_pairs` (the teacher / student tap pairs and their shapes),
+:mod:`~mgd_lightning.distill.tap_norms` (the teacher's margins and the student's tap norms) and
+:mod:`~mgd_lightning.distill.teacher` (the frozen teacher, left out of and put back into checkpoints); the
+non-finite loss stop and the optimiser are the base class's (:class:`~mgd_lightning.ClassificationModule`).
+
 Safety nets. ``matching=True`` (MGD's default) without the callback in the Trainer is an error at fit start (it
 would silently train the "without matching" ablation). A non-finite loss term stops training with
 :class:`NonFiniteLossError`, which names the step and the term, before any checkpoint with non-finite weights is
@@ -32,65 +38,35 @@ writes the teacher as before; checkpoints holding it (also older ones) load as b
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from mgd_lightning.distillers import DISTILLERS, FEATURE_DISTILLERS
-from mgd_lightning.losses import kd_loss, margin_from_bn, partial_l2
-from mgd_lightning.matching import UNMATCHED, balanced_assignment, contiguous_groups, sparse_assignment
-from mgd_lightning.reduction import MARGIN_REDUCTIONS, METHODS, reduce_teacher_and_margin
+from mgd_lightning.distillers import FEATURE_DISTILLERS
+from mgd_lightning.losses import kd_loss, partial_l2
+from mgd_lightning.matching import balanced_assignment, contiguous_groups, sparse_assignment
+from mgd_lightning.reduction import reduce_teacher_and_margin
 from mgd_lightning.tasks import Task
 from mgd_lightning.tasks.base import total_loss
 
-from .auto_taps import pair_by_size
+from .arguments import (
+    assignment_kind,
+    check_distillation_args,
+    check_task_has_logits,
+    loss_scale,
+    resolve_input_size,
+    uncompiled,
+)
 from .classifier import WARMUP_START_FACTOR, ClassificationModule, NonFiniteLossError
 from .rng import get_rng_states, set_rng_states
-from .taps import FeatureTaps, Tap, batchnorm_before_taps, preset_taps, resolve_taps
+from .tap_norms import margin_batchnorms, student_tap_norms, tap_margins, teacher_margins
+from .tap_pairs import pair_taps, probe_input, probe_tap_shapes, tap_pair_shapes
+from .taps import FeatureTaps, Tap
+from .teacher import TeacherMismatchError, freeze_teacher, restore_teacher, strip_teacher
 
 __all__ = ["DistillationModule", "NonFiniteLossError", "TeacherMismatchError"]
-
-log = logging.getLogger(__name__)
-
-
-class TeacherMismatchError(RuntimeError, ValueError):
-    """A checkpoint loaded with a teacher (or taps) of another architecture than the run's (raised by
-    :meth:`DistillationModule.on_load_checkpoint`). A ``RuntimeError`` as Lightning's strict-loading error it
-    replaces, and a ``ValueError`` (a wrong argument)."""
-
-
-#: key prefix of the frozen teacher in the module's state_dict
-TEACHER_PREFIX = "teacher."
-
-
-def _uncompiled(model: nn.Module, role: str) -> nn.Module:
-    """The network inside a ``torch.compile``'d module (``OptimizedModule``), with a warning; others as they are.
-
-    The taps hook the network's submodules by name and checkpoints, exports and ``load_from_checkpoint`` name
-    its tensors: a compiled wrapper would prefix every name with ``_orig_mod.`` (the taps were not found, and
-    checkpoints would not load into the bare network)."""
-    original = getattr(model, "_orig_mod", None)
-    if not isinstance(original, nn.Module) or type(model).__name__ != "OptimizedModule":
-        return model
-    warnings.warn(
-        f"DistillationModule: the {role} given is a torch.compile'd module; the network inside it is used, "
-        f"uncompiled (the taps hook its submodules, and checkpoints and exports name its tensors without the "
-        f"'_orig_mod.' prefix). Pass the {role} itself; this module does not compile the networks.",
-        UserWarning, stacklevel=3,
-    )
-    return original
-
-
-def _default_input_size(*models: nn.Module) -> tuple[int, int, int]:
-    for model in models:
-        size = getattr(model, "default_input_size", None)
-        if size is not None:
-            return tuple(size)
-    return (3, 224, 224)
 
 
 class DistillationModule(ClassificationModule):
@@ -189,138 +165,37 @@ class DistillationModule(ClassificationModule):
         warmup_factor: float = WARMUP_START_FACTOR,
         weight_decay_norm: float | None = None,
     ) -> None:
-        teacher, student = _uncompiled(teacher, "teacher"), _uncompiled(student, "student")
-        if reducer not in METHODS:
-            raise ValueError(f"reducer must be one of {METHODS}; got {reducer!r}")
-        if distiller not in DISTILLERS:
-            raise ValueError(f"distiller must be one of {DISTILLERS}; got {distiller!r}")
-        if distiller == "kd" and kd_weight <= 0:
-            raise ValueError(f"distiller='kd' distils the logits only: set kd_weight > 0 (got kd_weight={kd_weight})")
-        if unmatched not in UNMATCHED:
-            raise ValueError(f"unmatched must be one of {UNMATCHED}; got {unmatched!r}")
-        if margin_reduction not in MARGIN_REDUCTIONS:
-            raise ValueError(f"margin_reduction must be one of {MARGIN_REDUCTIONS}; got {margin_reduction!r}")
-        if loss_factor is not None and loss_factor <= 0:
-            raise ValueError(f"loss_factor must be > 0 (or None for the distiller's default); got {loss_factor}")
-        if ce_weight < 0 or kd_weight < 0:
-            raise ValueError(f"ce_weight and kd_weight must be >= 0; got ce_weight={ce_weight}, kd_weight={kd_weight}")
-        super().__init__(
+        teacher, student = uncompiled(teacher, "teacher"), uncompiled(student, "student")
+        check_distillation_args(
+            reducer=reducer, distiller=distiller, kd_weight=kd_weight, unmatched=unmatched,
+            margin_reduction=margin_reduction, loss_factor=loss_factor, ce_weight=ce_weight,
+        )
+        super().__init__(  # saves the hyperparameters: every argument above, as given, less the networks
             student, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
             lr_milestones=lr_milestones, lr_gamma=lr_gamma, num_classes=num_classes, warmup_epochs=warmup_epochs,
             task=task, lr_interval=lr_interval, warmup_steps=warmup_steps, warmup_factor=warmup_factor,
             weight_decay_norm=weight_decay_norm,
         )
-        if not self.task.has_logits and (kd_weight > 0 or distiller == "kd"):
-            raise ValueError(
-                f"task={self.task.name!r} has no class logits to distil: Hinton KD needs them "
-                f"(got distiller={distiller!r}, kd_weight={kd_weight}); use kd_weight=0 and a feature distiller"
-            )
+        check_task_has_logits(self.task, distiller, kd_weight)
         self.task.check_models(teacher, student)
-        # Taps, probes and margins live in each network's tap root (classification: the network; detection:
-        # its backbone body, the bottom-up network before the FPN).
-        t_root, s_root = self.task.tap_root(teacher), self.task.tap_root(student)
-        self.teacher = teacher
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
+        self.teacher = freeze_teacher(teacher)
         self.reducer = reducer
         self.distiller_name = distiller
-        if distiller != "mgd" or not matching:
-            self.assignment = None
-        else:
-            self.assignment = "sparse" if reducer == "sm" else "balanced"
-
-        size = tuple(int(v) for v in input_size) if input_size is not None else _default_input_size(student, teacher)
-        if len(size) != 3:
-            raise ValueError(f"input_size must be (C, H, W), e.g. (3, 32, 32); got {size}")
-        t_taps = resolve_taps(t_root, teacher_taps, "teacher", size)
-        s_taps = resolve_taps(s_root, student_taps, "student", size)
-        sides = ((t_root, teacher_taps), (s_root, student_taps))
-        if any(taps is None and preset_taps(m) is None for m, taps in sides):
-            # automatic taps (one per stage) on either side: the stages of equal spatial size are paired
-            t_taps, s_taps = pair_by_size(t_root, t_taps, s_root, s_taps, size)
-        elif teacher_taps is None and student_taps is None and len(t_taps) != len(s_taps):
-            n = min(len(t_taps), len(s_taps))
-            t_taps, s_taps = t_taps[len(t_taps) - n :], s_taps[len(s_taps) - n :]
-        if len(t_taps) != len(s_taps):
-            raise ValueError(
-                f"teacher and student need as many taps: teacher_taps {[t.module for t in t_taps]} "
-                f"({len(t_taps)}) vs student_taps {[t.module for t in s_taps]} ({len(s_taps)})"
-            )
-        self.teacher_taps = FeatureTaps(t_root, t_taps)
-        self.student_taps = FeatureTaps(s_root, s_taps)
-        self.num_taps = len(t_taps)
-
-        example = torch.zeros(1, *size, device=next(teacher.parameters()).device)
-        try:
-            t_shapes, s_shapes = self._probe(example)
-        except (RuntimeError, ValueError, TypeError, IndexError) as err:
-            given = "" if input_size is not None else (
-                " (not given: the models' default_input_size, else (3, 224, 224))"
-            )
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(
-                f"input_size={size}{given}: the teacher and student cannot run a (1, {size[0]}, {size[1]}, "
-                f"{size[2]}) probe input ({type(err).__name__}: {reason}). input_size must be the (C, H, W) of "
-                "the training images as the networks take them, e.g. (3, 32, 32) for CIFAR-100, (3, 224, 224) "
-                "for CUB-200 / ImageNet, (3, 16, 16) for configs/digits"
-            ) from err
-        for k, (tt, st, ts, ss) in enumerate(zip(t_taps, s_taps, t_shapes, s_shapes)):
-            if ts[2:] != ss[2:]:
-                raise ValueError(
-                    f"tap pair {k}: teacher {tt.module!r} gives {tuple(ts[1:])} (C, H, W) but student "
-                    f"{st.module!r} gives {tuple(ss[1:])} at input {size}: spatial sizes must be equal; "
-                    "choose other taps or another input_size"
-                )
-            if ts[1] < ss[1] and distiller == "mgd":
-                raise ValueError(
-                    f"tap pair {k}: teacher {tt.module!r} has C_T={ts[1]} channels < student "
-                    f"{st.module!r} C_S={ss[1]}; MGD needs C_T >= C_S at every tap"
-                )
-        self.tap_shapes = [(int(ss[1]), int(ts[1]), int(ss[2]), int(ss[3])) for ts, ss in zip(t_shapes, s_shapes)]
-
-        # Matching buffers, sized now, updated in place by the callback: in every checkpoint.
-        for k, (c_s, c_t, _, _) in enumerate(self.tap_shapes if distiller == "mgd" else []):
-            groups = contiguous_groups(c_s, c_t)
-            if reducer == "sm":
-                groups = groups[:, :1].contiguous()
-            self.register_buffer(f"matching_{k}", groups)
-        self.register_buffer("last_matching_epoch", torch.tensor(-1, dtype=torch.long))
-
-        # Margins (Eq. 4) from the teacher BN right before each tap (reference: residual-branch BN).
-        bns = batchnorm_before_taps(t_root, t_taps, example)
-        # their names in the tap root: a lean checkpoint's margins are recomputed from the teacher given at load time
-        names = {id(m): n for n, m in t_root.named_modules()}
-        self._margin_bn_names = [names.get(id(bn)) if bn is not None else None for bn in bns]
-        for k, bn in enumerate(bns):
-            margin = margin_from_bn(bn).float() if bn is not None else torch.zeros(0)
-            if bn is None:
-                log.warning("teacher tap %r: no BatchNorm before it; no margin ReLU", t_taps[k].module)
-            self.register_buffer(f"margin_{k}", margin)
-
+        self.assignment = assignment_kind(distiller, reducer, matching)
+        # Taps (their pairs, hooks and (C_S, C_T, H, W) shapes), then the buffers sized by them.
+        example = self._build_taps(teacher_taps, student_taps, resolve_input_size(input_size, student, teacher),
+                                   size_given=input_size is not None)
+        self._register_matchings()
+        self._register_margins(example)
+        # The loss (Eq. 2): its weights, the student-side tap norms and a baseline's own modules.
         self.distill_weight = 0.0 if distiller == "kd" else float(distill_weight)
-        if tap_weights is not None and len(tap_weights) != self.num_taps:
-            raise ValueError(f"tap_weights needs {self.num_taps} values (one per tap); got {list(tap_weights)}")
-        if distiller in FEATURE_DISTILLERS:
-            cls = FEATURE_DISTILLERS[distiller]
-            tap_weights = cls.default_tap_weights(self.num_taps) if tap_weights is None else tap_weights
-            loss_factor = cls.default_loss_factor if loss_factor is None else loss_factor
-        else:  # MGD (and KD, which has no feature term): the reference code's weights and 1e4
-            tap_weights = [1.0 / 2 ** (self.num_taps - k - 1) for k in range(self.num_taps)] if tap_weights is None \
-                else tap_weights
-            loss_factor = 1e4 if loss_factor is None else loss_factor
-        self.tap_weights = [float(w) for w in tap_weights]
-        self.loss_factor = float(loss_factor)
-        use_bn = student_bn and self.distill_weight > 0 and distiller == "mgd"
-        self.student_bns = nn.ModuleList(
-            self.task.tap_norm(c_s) if use_bn else nn.Identity() for c_s, _, _, _ in self.tap_shapes
+        self.tap_weights, self.loss_factor = loss_scale(distiller, self.num_taps, tap_weights, loss_factor)
+        self.student_bns = student_tap_norms(
+            self.task, self.tap_shapes, enabled=student_bn and self.distill_weight > 0 and distiller == "mgd"
         )
         self.margin_reduction = margin_reduction
         self.unmatched = unmatched
-        self.feature_distiller = None
-        if distiller in FEATURE_DISTILLERS and self.distill_weight > 0:
-            self.feature_distiller = FEATURE_DISTILLERS[distiller](
-                self.tap_shapes, self.margins, self.tap_weights, self.loss_factor
-            )
+        self.feature_distiller = self._build_feature_distiller()
         self.kd_weight = float(kd_weight)
         self.kd_temperature = float(kd_temperature)
         self.ce_weight = float(ce_weight)
@@ -332,23 +207,68 @@ class DistillationModule(ClassificationModule):
         self._resume_rng_states: dict[str, torch.Tensor] | None = None
         self.save_teacher = bool(save_teacher)
 
-    # ------------------------------------------------------------------ construction helpers
-    def _probe(self, example: torch.Tensor):
-        was_training = self.student.training
-        self.student.eval()
-        try:
-            with torch.no_grad():
-                self.task.tap_root(self.teacher)(example)
-                t_shapes = [f.shape for f in self.teacher_taps.features]
-                self.task.tap_root(self.student)(example.to(next(self.student.parameters()).device))
-                s_shapes = [f.shape for f in self.student_taps.features]
-        finally:
-            self.student.train(was_training)
-        return t_shapes, s_shapes
+    # ------------------------------------------------------------------ construction steps
+    def _build_taps(
+        self, teacher_taps: Sequence[str | Tap] | None, student_taps: Sequence[str | Tap] | None,
+        size: tuple[int, ...], size_given: bool,
+    ) -> torch.Tensor:
+        """Pair the taps (:mod:`~mgd_lightning.distill.tap_pairs`), hook them (``teacher_taps``, ``student_taps``:
+        :class:`~mgd_lightning.distill.taps.FeatureTaps`) and probe their shapes (``num_taps``, ``tap_shapes``:
+        ``(C_S, C_T, H, W)`` per pair). Taps live in each network's tap root (classification: the network;
+        detection: its backbone body, the bottom-up network before the FPN). Returns the probe input
+        ``(1, C, H, W)``."""
+        t_root, s_root = self.task.tap_root(self.teacher), self.task.tap_root(self.student)
+        t_taps, s_taps = pair_taps(t_root, teacher_taps, s_root, student_taps, size)
+        self.teacher_taps = FeatureTaps(t_root, t_taps)
+        self.student_taps = FeatureTaps(s_root, s_taps)
+        self.num_taps = len(t_taps)
+        example = probe_input(size, self.teacher)
+        t_shapes, s_shapes = probe_tap_shapes(
+            self.task, self.teacher, self.student, self.teacher_taps, self.student_taps, example, size_given
+        )
+        self.tap_shapes = tap_pair_shapes(t_taps, s_taps, t_shapes, s_shapes, size, self.distiller_name)
+        return example
+
+    def _register_matchings(self) -> None:
+        """The matching buffers (MGD only), ``matching_k``: ``(C_S, alpha)`` contiguous groups of teacher channels
+        (SM: ``(C_S, 1)``), updated in place by the callback, in every checkpoint; and ``last_matching_epoch``."""
+        for k, (c_s, c_t, _, _) in enumerate(self.tap_shapes if self.distiller_name == "mgd" else []):
+            groups = contiguous_groups(c_s, c_t)
+            if self.reducer == "sm":
+                groups = groups[:, :1].contiguous()
+            self.register_buffer(f"matching_{k}", groups)
+        self.register_buffer("last_matching_epoch", torch.tensor(-1, dtype=torch.long))
+
+    def _register_margins(self, example: torch.Tensor) -> None:
+        """The margin buffers (Eq. 4), ``margin_k``: ``(C_T,)`` from the teacher BatchNorm right before each tap
+        (reference: the residual-branch BN), ``(0,)`` without one; the BatchNorms' names are kept, so that a
+        lean checkpoint's margins are recomputed from the teacher given at load time."""
+        bns, self._margin_bn_names = margin_batchnorms(self.task.tap_root(self.teacher), self.teacher_taps.taps,
+                                                       example)
+        for k, margin in enumerate(tap_margins(bns, self.teacher_taps.taps)):
+            self.register_buffer(f"margin_{k}", margin)
+
+    def _build_feature_distiller(self) -> nn.Module | None:
+        """A feature baseline's loss module on the taps (its connectors / regressors are trained with the
+        student); ``None`` for MGD, KD, or ``distill_weight=0``."""
+        if self.distiller_name in FEATURE_DISTILLERS and self.distill_weight > 0:
+            baseline = FEATURE_DISTILLERS[self.distiller_name]
+            return baseline(self.tap_shapes, self.margins, self.tap_weights, self.loss_factor)
+        return None
+
+    def _teacher_margins(self) -> list[torch.Tensor | None]:
+        """The margins (Eq. 4) of the teacher as it is now, from the BatchNorm before each tap (found at
+        construction); ``None`` for a tap without one."""
+        return teacher_margins(self.task.tap_root(self.teacher), self._margin_bn_names)
 
     # ------------------------------------------------------------------ fit checks and checkpoint state
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        self._check_matching_callback()
+        self._restore_resume_rng_states()
+
+    def _check_matching_callback(self) -> None:
+        """Raise ``RuntimeError`` when the matching is learnt but no callback in the Trainer updates it."""
         if self.assignment is not None and not any(
             getattr(cb, "updates_mgd_matching", False) for cb in self.trainer.callbacks
         ):
@@ -359,6 +279,9 @@ class DistillationModule(ClassificationModule):
                 "the Trainer's callbacks (pl.Trainer(callbacks=[MGDMatchingCallback(), ...])), or pass "
                 "matching=False to train that ablation on purpose."
             )
+
+    def _restore_resume_rng_states(self) -> None:
+        """Apply (once) the random states of the checkpoint being resumed, in a single-process run."""
         states, self._resume_rng_states = self._resume_rng_states, None
         # Only for fit(ckpt_path=...): load_from_checkpoint also runs on_load_checkpoint, and a new fit of
         # the loaded module (fine-tuning) is a new run with its own randomness.
@@ -370,92 +293,16 @@ class DistillationModule(ClassificationModule):
         checkpoint then says ``teacher_omitted`` and records the teacher's tensor shapes."""
         super().on_save_checkpoint(checkpoint)  # first: the non-finite check (no checkpoint with non-finite weights)
         checkpoint["rng_states"] = get_rng_states()
-        state = checkpoint.get("state_dict")
-        if self.save_teacher or state is None:
-            return
-        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
-            del state[key]
-        checkpoint["teacher_omitted"] = True
-        checkpoint["teacher_shapes"] = {k: list(v.shape) for k, v in self.teacher.state_dict().items()}
+        if not self.save_teacher:
+            strip_teacher(checkpoint, self.teacher)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Random states kept for the resume; a lean checkpoint's teacher put back from the live teacher (after
-        checking that its architecture is the run's)."""
+        checking that its architecture is the run's: :func:`~mgd_lightning.distill.teacher.restore_teacher`)."""
         super().on_load_checkpoint(checkpoint)
         self._resume_rng_states = checkpoint.get("rng_states")
-        state = checkpoint.get("state_dict")
-        if state is not None:
-            self._restore_teacher_state(state, checkpoint)
-
-    def _restore_teacher_state(self, state: dict[str, torch.Tensor], checkpoint: dict[str, Any]) -> None:
-        saved = {k[len(TEACHER_PREFIX):]: tuple(v.shape) for k, v in state.items() if k.startswith(TEACHER_PREFIX)}
-        omitted = bool(checkpoint.get("teacher_omitted")) or not saved
-        if omitted:
-            recorded = checkpoint.get("teacher_shapes")
-            saved = {k: tuple(v) for k, v in recorded.items()} if recorded is not None else None
-        live = self.teacher.state_dict()
-        problems = []
-        if saved is not None:
-            problems += [f"teacher.{k}: {tuple(v)} in the checkpoint's teacher, {tuple(live[k].shape)} in the "
-                         "teacher given" for k, v in saved.items() if k in live and tuple(live[k].shape) != v]
-            missing, extra = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))
-            if missing:
-                problems.append(f"{len(missing)} teacher tensor(s) the checkpoint's teacher does not have "
-                                f"(teacher.{missing[0]}, ...)")
-            if extra:
-                problems.append(f"{len(extra)} tensor(s) of the checkpoint's teacher missing in the teacher given "
-                                f"(teacher.{extra[0]}, ...)")
-        own = self.state_dict()
-        for key in (k for k in state if k.startswith(("matching_", "margin_"))):
-            if key not in own:
-                problems.append(f"{key}: in the checkpoint, not in this module (another number of tap pairs)")
-            elif tuple(own[key].shape) != tuple(state[key].shape):
-                problems.append(f"{key}: {tuple(state[key].shape)} in the checkpoint, {tuple(own[key].shape)} with "
-                                "the teacher and student given")
-        if problems:
-            how = ("it was saved without its teacher (save_teacher=False), so the teacher is the one given at load "
-                   "time" if omitted else "it holds its teacher")
-            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-            raise TeacherMismatchError(
-                f"this checkpoint does not fit the teacher (or taps) given: {how}, and the architecture differs "
-                f"from the run's: {shown}. Build the teacher and student as the run did (the same names, "
-                "num_classes and arch_args: its config.yaml) and pass the same teacher_taps / student_taps."
-            )
-        if not omitted:
-            return
-        # Lightning loads the state_dict strictly: the live teacher's own tensors stand in for the omitted ones
-        # (loading a tensor into itself leaves it as it is).
-        state.update({TEACHER_PREFIX + k: v for k, v in live.items()})
-        # The margins (Eq. 4) are the teacher's: recomputed from the teacher given, for the module and for a
-        # feature distiller's copies (``feature_distiller.margin_k``), never the checkpoint's with this teacher.
-        margins = self._teacher_margins()
-        changed = []
-        for key in [k for k in state if k.startswith(("margin_", "feature_distiller.margin_"))]:
-            k = int(key.rpartition("_")[2])
-            if k >= len(margins) or margins[k] is None or not state[key].numel():
-                continue
-            fresh = margins[k].to(device=state[key].device, dtype=state[key].dtype)
-            if fresh.shape != state[key].shape:
-                continue
-            if not torch.allclose(state[key].detach().float().cpu(), fresh.float().cpu(), rtol=1e-4, atol=1e-6):
-                changed.append(key)
-            state[key] = fresh
-        if changed:
-            warnings.warn(
-                f"the teacher given is not the one this checkpoint was trained with: its BatchNorm margins (Eq. 4) "
-                f"differ from the checkpoint's ({', '.join(changed)}). The checkpoint was saved without its teacher "
-                "(save_teacher=False), so the teacher given is used, with its margins recomputed from it (not the "
-                "checkpoint's). Build it as the run did (e.g. with the same checkpoint= / weights= of build_model) "
-                "unless that is what you mean.",
-                UserWarning, stacklevel=2,
-            )
-
-    def _teacher_margins(self) -> list[torch.Tensor | None]:
-        """The margins (Eq. 4) of the teacher as it is now, from the BatchNorm before each tap (found at
-        construction); ``None`` for a tap without one."""
-        modules = dict(self.task.tap_root(self.teacher).named_modules())
-        return [margin_from_bn(modules[name]).float() if name is not None else None
-                for name in self._margin_bn_names]
+        if checkpoint.get("state_dict") is not None:
+            restore_teacher(checkpoint, self.teacher, self.state_dict(), self._teacher_margins)
 
     # ------------------------------------------------------------------ state
     def train(self, mode: bool = True):

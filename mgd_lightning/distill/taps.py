@@ -3,7 +3,8 @@
 A :class:`Tap` names a submodule and says whether the feature is that module's *output* (forward
 hook) or the *input of its last call* (forward pre-hook). :class:`FeatureTaps` registers the hooks
 once; every normal forward of the model then leaves the tapped tensors in ``taps.features``: one
-forward pass per step, no re-running of partial networks.
+forward pass per step, no re-running of partial networks. Both live in :mod:`mgd_lightning.distill.feature_taps`
+(which :mod:`mgd_lightning.distill.auto_taps` builds on too) and are re-exported here; this module picks the taps.
 
 Presets, picked from the architecture (:func:`preset_taps`): a model's own ``distillation_taps``
 first, then the torchvision classes:
@@ -74,9 +75,7 @@ tap with ``clone=True`` (automatic taps before a functional in-place activation,
 from __future__ import annotations
 
 import difflib
-import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -84,35 +83,10 @@ import torchvision.models as tvm
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["Tap", "FeatureTaps", "preset_taps", "resolve_taps", "batchnorm_before_taps"]
+from .auto_taps import auto_taps
+from .feature_taps import KINDS, FeatureTaps, Tap
 
-KINDS = ("output", "input")
-
-
-@dataclass(frozen=True)
-class Tap:
-    """One distillation position.
-
-    Attributes:
-        module: name of the submodule, as in ``model.named_modules()``.
-        kind: ``"output"`` (the module's output) or ``"input"`` (the first positional input of the
-            module's last call in a forward: for a shared ReLU, the tensor it activates last).
-        non_inplace: activation modules to switch to ``inplace=False`` so the tapped tensor is
-            never overwritten.
-        clone: keep a copy of the tensor (autograd flows through it), for a tensor that the forward later
-            overwrites with no module to switch: a functional in-place activation (DenseNet's
-            ``F.relu(features, inplace=True)`` after ``features.norm5``).
-    """
-
-    module: str
-    kind: str = "output"
-    non_inplace: tuple[str, ...] = ()
-    clone: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"Tap.kind must be one of {KINDS}; got {self.kind!r} for module {self.module!r}")
-
+__all__ = ["KINDS", "Tap", "FeatureTaps", "preset_taps", "resolve_taps", "batchnorm_before_taps"]
 
 def _resnet_taps(model: tvm.ResNet) -> list[Tap]:
     taps = []
@@ -191,8 +165,6 @@ def resolve_taps(
     if taps is None:
         preset = preset_taps(model)
         if preset is None:
-            from .auto_taps import auto_taps
-
             try:
                 return auto_taps(model, input_size or (3, 224, 224))
             except ValueError as err:
@@ -225,85 +197,6 @@ def resolve_taps(
     if not resolved:
         raise ValueError(f"{role}_taps must name at least one module; got an empty list")
     return resolved
-
-
-def _version(tensor: torch.Tensor) -> int:
-    """In-place modification counter; -1 for inference-mode tensors, which have none."""
-    return -1 if tensor.is_inference() else tensor._version
-
-
-class FeatureTaps:
-    """Hooks that keep the tapped tensors of the model's latest forward.
-
-    Args:
-        model: the network; activations named by the taps are switched to ``inplace=False``.
-        taps: resolved taps (:func:`resolve_taps`).
-
-    ``features`` is the list of tapped tensors of the most recent forward, in tap order; they are
-    the very tensors of the forward (autograd flows through them).
-    """
-
-    def __init__(self, model: nn.Module, taps: Sequence[Tap]) -> None:
-        self.taps = list(taps)
-        self._store: list[torch.Tensor | None] = [None] * len(self.taps)
-        #: the first positional input of the model's latest forward (a detection backbone body: the batched,
-        #: normalised images the detector's own transform made)
-        self.root_input: torch.Tensor | None = None
-        self._versions: list[int] = [0] * len(self.taps)
-        modules = dict(model.named_modules())
-        for tap in self.taps:
-            for act in tap.non_inplace:
-                if hasattr(modules[act], "inplace"):
-                    modules[act].inplace = False
-        self._handles = [model.register_forward_pre_hook(self._clear)]
-        for i, tap in enumerate(self.taps):
-            module = modules[tap.module]
-            if tap.kind == "output":
-                self._handles.append(module.register_forward_hook(functools.partial(self._keep_output, i)))
-            else:
-                self._handles.append(module.register_forward_pre_hook(functools.partial(self._keep_input, i)))
-
-    def __getstate__(self) -> dict:
-        # Copies and pickles (deepcopy of a model, ddp_spawn) carry the hooks, not the last forward's
-        # tensors: those are non-leaf tensors that deepcopy refuses.
-        state = dict(self.__dict__)
-        state["_store"] = [None] * len(self.taps)
-        state["_versions"] = [0] * len(self.taps)
-        state["root_input"] = None
-        return state
-
-    def _clear(self, module: nn.Module, args: tuple) -> None:
-        self._store = [None] * len(self.taps)
-        self.root_input = args[0] if args else None
-
-    # Hooks are bound methods wrapped in functools.partial (no closures), so models stay picklable
-    # for ddp_spawn.
-    def _keep_output(self, i: int, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self._store[i] = output.clone() if self.taps[i].clone else output
-        self._versions[i] = _version(self._store[i])
-
-    def _keep_input(self, i: int, module: nn.Module, args: tuple) -> None:
-        self._store[i] = args[0].clone() if self.taps[i].clone else args[0]
-        self._versions[i] = _version(self._store[i])
-
-    @property
-    def features(self) -> list[torch.Tensor]:
-        missing = [t.module for t, f in zip(self.taps, self._store) if f is None]
-        if missing:
-            raise RuntimeError(f"taps {missing} were not reached by the last forward pass")
-        changed = [t.module for t, f, v in zip(self.taps, self._store, self._versions) if v >= 0 and f._version != v]
-        if changed:
-            raise RuntimeError(
-                f"taps {changed}: the tapped tensor was modified in place later in the forward (e.g. "
-                "`out += identity` after a ResNet block's last BN), so it no longer holds the value at the tap; "
-                "tap another position, e.g. the input of the following module with 'name:input'"
-            )
-        return list(self._store)  # type: ignore[arg-type]
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
 
 def batchnorm_before_taps(model: nn.Module, taps: Sequence[Tap], example: torch.Tensor) -> list[nn.Module | None]:

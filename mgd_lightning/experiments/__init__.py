@@ -1,4 +1,5 @@
-"""Multi-run experiments: the studies (``mgd-lightning study``) and the config comparison (``compare``).
+"""Multi-run experiments: the studies (``mgd-lightning study``, :mod:`mgd_lightning.commands.study`) and the config
+comparison (:mod:`mgd_lightning.commands.compare`).
 
 One small package that every experiment shares, so a new study is a settings entry and a spec, not a copy:
 

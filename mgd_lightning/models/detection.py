@@ -3,20 +3,22 @@ MobileNet-V2 backbone with an FPN, in plain torch (no Lightning import).
 
 :func:`build_detector` builds them by architecture and backbone:
 
-==============  ==================================  =========================================================
-backbone        weights                             FPN inputs (RetinaNet: P3-P5 + P6/P7; Mask R-CNN: P2-P5)
-==============  ==================================  =========================================================
-``resnet50``    ``weights="COCO_V1"``: torchvision's  ``layer2-4`` (RetinaNet), ``layer1-4`` (Mask R-CNN), as
-                COCO detector (the teacher, AP       torchvision's ``retinanet_resnet50_fpn`` /
-                36.4 RetinaNet); or                  ``maskrcnn_resnet50_fpn``
-                ``weights_backbone="IMAGENET1K_V1"``
-``resnet18``    ``weights_backbone="IMAGENET1K_V1"``  the same stages (128/256/512 channels)
-``mobilenet_v2``  ``weights_backbone="IMAGENET1K_V1"``  the last unit at strides 8/16/32 (+ 4 for Mask R-CNN) of
-                                                    torchvision's MobileNet-V2 (``features.6/13/18``)
-``mobilenet_v2_mgd``  the same file (the reference code's  the same strides on the reference code's student
-                classification student, strides of  (``features.10/13/18``)
-                two stages switched)
-==============  ==================================  =========================================================
+======================  =======================================  ============================================
+backbone                weights                                  FPN inputs (RetinaNet: P3-P5 + P6/P7;
+                                                                 Mask R-CNN: P2-P5)
+======================  =======================================  ============================================
+``resnet50``            ``weights="COCO_V1"``: torchvision's     ``layer2-4`` (RetinaNet), ``layer1-4`` (Mask
+                        COCO detector (the teacher, AP 36.4      R-CNN), as torchvision's
+                        RetinaNet); or                           ``retinanet_resnet50_fpn`` /
+                        ``weights_backbone="IMAGENET1K_V1"``     ``maskrcnn_resnet50_fpn``
+``resnet18``            ``weights_backbone="IMAGENET1K_V1"``     the same stages (128/256/512 channels)
+``mobilenet_v2``        ``weights_backbone="IMAGENET1K_V1"``     the last unit at strides 8/16/32 (+ 4 for Mask
+                                                                 R-CNN) of torchvision's MobileNet-V2
+                                                                 (``features.6/13/18``)
+``mobilenet_v2_mgd``    the same file (the reference code's      the same strides on the reference code's
+                        classification student, strides of two   student (``features.10/13/18``)
+                        stages switched)
+======================  =======================================  ============================================
 
 Distillation taps are those of the backbone *body* (``model.backbone.body``), not the FPN outputs (see
 :mod:`mgd_lightning.distill.taps`): ResNet c2-c5 pre-ReLU (4 taps), torchvision MobileNet-V2's depthwise-BN outputs
