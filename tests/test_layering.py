@@ -211,7 +211,7 @@ def test_imports_are_read():
     """The reader sees the imports it must judge: a lazy one inside a function, a relative one, and a
     ``from package import submodule``."""
     edges = {(e.source, e.target) for e in import_edges()}
-    assert ("mgd_lightning.commands.main", "mgd_lightning.commands.demo") in edges  # inside a function
+    assert ("mgd_lightning.commands.main", "mgd_lightning.commands.cli") in edges  # inside a function
     assert ("mgd_lightning.distill.callback", "mgd_lightning.distill.step_schedule") in edges  # relative
     assert ("mgd_lightning.commands.study", "mgd_lightning.experiments.scratch") in edges  # from pkg import module
 

@@ -242,16 +242,17 @@ def test_d14_cli_logs_to_tensorboard_and_csv_without_a_not_empty_warning(tmp_pat
 
 
 # ---------------------------------------------------------------------------------------------- D15
-def test_d15_readme_distillers_snippet_runs_without_warnings(monkeypatch):
+def test_d15_docs_distillers_snippet_runs_without_warnings(monkeypatch):
     import mgd_lightning.models as models
 
-    (block,) = [b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-                if '"fitnets"' in b]
+    page = ROOT / "docs" / "guide" / "distillers.md"
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S) if '"fitnets"' in b]
     sizes = {"wrn_28_4": (16, 32), "wrn_16_2": (8, 16)}  # small stand-ins for the snippet's networks (speed)
     monkeypatch.setattr(models, "build_model", lambda name, num_classes: ToyNet(sizes[name], num_classes=num_classes))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        exec(compile(block, "README.md[distillers]", "exec"), {"__name__": "__readme__", "print": lambda *a: None})
+        exec(compile(block, "docs/guide/distillers.md[distillers]", "exec"),
+             {"__name__": "__readme__", "print": lambda *a: None})
 
 
 # ---------------------------------------------------------------------------------------------- D11
