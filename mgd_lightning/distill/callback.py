@@ -1,6 +1,7 @@
 """MGDMatchingCallback: the matching step of MGD's coordinate descent (paper section 3.4).
 
-At the start of a training epoch that is due (the first one, then every ``update_every_n_epochs``),
+At the start of a training epoch that is due (the first one, then every ``update_every_n_epochs``, or those listed
+in ``update_epochs``),
 the student goes to eval mode, teacher and student run without gradients over a random subset of
 the training data, the per-tap channel costs (Eq. 6) are accumulated on the device, combined
 across ranks, the assignments (Eq. 8-12) are solved on rank 0 and broadcast to every rank.
@@ -29,6 +30,12 @@ the matching before the training batches of those global steps instead of at epo
 ``update_every_n_epochs``, is then not used). The first update of a run is at its first step. The step of the last
 update is in the callback's ``state_dict``, so ``fit(ckpt_path=...)`` goes on with the schedule (a checkpoint
 written right after an update does not repeat it). Each update draws its subset with ``seed + step``.
+
+Epoch-list schedule (the official unsupervised code). ``update_epochs=[1, 2, 3, 6, ...]`` updates at the start
+of those epochs (0-based; the first epoch of a run always), instead of every ``update_every_n_epochs``;
+``update_epochs="official_unsup"`` is the official MoCo-v2 + MGD schedule (:mod:`mgd_lightning.distill.epoch_schedule`:
+before training, then after epochs 1, 2, 3, 6, 9, 15, 26, 43, 74, 126). The list is in the callback's ``state_dict``;
+a resume with another list warns and follows the callback's.
 
 Detection batches. The pass reads inputs and counts images through the module's task
 (:mod:`mgd_lightning.tasks`): lists of images of different sizes with their targets work as classification
@@ -59,6 +66,7 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from mgd_lightning._lightning import isolate_rng, pl, rank_zero_warn
 from mgd_lightning.matching import METRICS, assignment_cost, channel_cost
 
+from .epoch_schedule import check_update_epochs
 from .module import DistillationModule
 from .step_schedule import check_step_schedule, is_scheduled_step
 
@@ -91,6 +99,9 @@ class MGDMatchingCallback(pl.Callback):
             the steps that are multiples of ``every`` (:mod:`~mgd_lightning.distill.step_schedule`; the reference
             detection schedule is ``[[0, 5000], [20000, 31000]]``: 0, 5k, 10k, 15k, 31k, 62k of 90k). ``None``
             (default) with ``update_every_n_steps=None``: by epochs.
+        update_epochs: the epochs (0-based) at whose start the matching is updated, besides a run's first
+            (:mod:`~mgd_lightning.distill.epoch_schedule`), instead of every ``update_every_n_epochs``; or
+            ``"official_unsup"``: the official MoCo-v2 + MGD code's log-spaced 1, 2, 3, 6, 9, 15, 26, 43, 74, 126.
 
     Attributes:
         history: one dict per update (epoch, step, images, pass and solve seconds, and per tap the
@@ -116,9 +127,19 @@ class MGDMatchingCallback(pl.Callback):
         student_bn_in_cost: bool = False,
         update_every_n_steps: int | None = None,
         step_schedule: list[list[int]] | None = None,
+        update_epochs: list[int] | str | None = None,
     ) -> None:
         if update_every_n_epochs < 1:
             raise ValueError(f"update_every_n_epochs must be >= 1; got {update_every_n_epochs}")
+        if update_epochs is not None and (update_every_n_steps is not None or step_schedule is not None):
+            raise ValueError(f"give update_epochs (got {update_epochs!r}) or a step schedule (update_every_n_steps / "
+                             "step_schedule), not both")
+        if update_epochs is not None and update_every_n_epochs != 2:
+            raise ValueError(f"give update_epochs (got {update_epochs!r}) or update_every_n_epochs (got "
+                             f"{update_every_n_epochs}), not both: update_epochs lists the epochs itself")
+        #: the epochs (0-based) at whose start the matching is updated, besides a run's first; ``None``: every
+        #: ``update_every_n_epochs`` (:mod:`~mgd_lightning.distill.epoch_schedule`)
+        self.update_epochs = check_update_epochs(update_epochs) if update_epochs is not None else None
         if update_every_n_steps is not None and step_schedule is not None:
             raise ValueError(
                 f"give update_every_n_steps (got {update_every_n_steps}) or step_schedule (got {step_schedule}), "
@@ -158,8 +179,13 @@ class MGDMatchingCallback(pl.Callback):
 
     # ------------------------------------------------------------------ schedule
     def is_due(self, epoch: int, pl_module: DistillationModule) -> bool:
+        """Epoch schedules: whether the matching is updated at the start of ``epoch``."""
         last = int(pl_module.last_matching_epoch)
-        return last < 0 or epoch - last >= self.update_every_n_epochs
+        if last < 0:
+            return True  # a run's first epoch
+        if self.update_epochs is not None:
+            return epoch in self.update_epochs and epoch != last
+        return epoch - last >= self.update_every_n_epochs
 
     def is_due_at_step(self, step: int) -> bool:
         """Step schedule: whether the matching is updated before the training batch of global step ``step``."""
@@ -383,8 +409,13 @@ class MGDMatchingCallback(pl.Callback):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(r) for r in self.history], "last_update_step": self.last_update_step}
+        return {"history": [dict(r) for r in self.history], "last_update_step": self.last_update_step,
+                "update_epochs": None if self.update_epochs is None else list(self.update_epochs)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(r) for r in state_dict.get("history", [])]
         self.last_update_step = int(state_dict.get("last_update_step", -1))
+        saved = state_dict.get("update_epochs")
+        if saved is not None and tuple(saved) != self.update_epochs:
+            rank_zero_warn(f"MGDMatchingCallback: the checkpoint was trained with update_epochs={list(saved)}, this "
+                           f"callback has update_epochs={self.update_epochs}: the resumed run follows this callback's")

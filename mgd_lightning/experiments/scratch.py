@@ -302,10 +302,10 @@ NOTES = """Notes on the design (what a reader comparing with the paper should kn
 - The baselines run at their authors' recipes: KD as mdistiller's CIFAR recipe (T = 4, CE 0.1, KD 0.9; MGD-AMP
   + KD keeps the MGD reference code's T = 1.5, weights 1 / 1); FitNets one hint at the middle tap through a
   conv + BN + ReLU regressor, MSE x 100, post-ReLU features (mdistiller); AT on post-ReLU features, equal tap
-  weights, beta = 1e3 (the AT authors' code; the committed results/study-cpu AT row was trained before that fix,
-  at beta / 2 = 500, half the loss: a re-run trains it at 1e3); OFD at the same taps with tap weights (1/4, 1/2,
-  1) and its CIFAR divisor 1e3, but with the teacher in eval mode (the OFD code trains with the teacher's BN in
-  train mode). MGD divides by 1e3 as the reference code does for small inputs.
+  weights, beta = 1e3 (the AT authors' code; the paper's beta / 2 is `distill_weight: 0.5`); OFD at the same
+  taps with tap weights (1/4, 1/2, 1) and its CIFAR divisor 1e3, but with the teacher in eval mode (the OFD
+  code trains with the teacher's BN in train mode). MGD divides by 1e3 as the reference code does for small
+  inputs.
 - "Trained params" counts the student and the modules a method trains with it (MGD's tap BatchNorms, FitNets'
   regressors, OFD's connectors); all rows deploy the same student.
 """
