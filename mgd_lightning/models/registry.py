@@ -52,6 +52,7 @@ from .cifarresnet import cifar_resnet, resnet56
 from .efficientnet_lite import LITE_VARIANTS, efficientnet_lite
 from .mobilenetv1 import mobilenet_v1
 from .mobilenetv2_mgd import mobilenet_v2_mgd
+from .moco import MOCO, moco_encoder_state
 from .shufflenetv2_mgd import (
     shufflenet_v2_x0_5_mgd,
     shufflenet_v2_x1_0_mgd,
@@ -126,7 +127,10 @@ def _load_checkpoint(model: nn.Module, checkpoint: str, prefix: str) -> None:
         raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such file")
     check_checkpoint_file(path, what="checkpoint")  # empty / truncated / corrupt: one line naming the file
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint
+    if prefix == MOCO:  # a MoCo pre-training file: its query encoder, without the projection head
+        encoder = state["state_dict"] if isinstance(state, dict) and "state_dict" in state else state
+        state = moco_encoder_state(encoder, model.state_dict(), checkpoint)
+    elif isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint
         state = state["state_dict"]
         if prefix:
             picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -195,7 +199,10 @@ def build_model(
         checkpoint: a ``state_dict`` file, or a Lightning checkpoint whose keys under
             ``checkpoint_prefix`` are loaded (e.g. the fine-tuned teacher of an earlier run).
         checkpoint_prefix: key prefix inside a Lightning checkpoint (``"model."``: the trained network
-            of a ClassificationModule or the student of a DistillationModule; ``"teacher."``).
+            of a ClassificationModule or the student of a DistillationModule; ``"teacher."``), or ``"moco"``: a
+            MoCo pre-training file (e.g. MoCo-v2's ``moco_v2_200ep_pretrain.pth.tar``, the official unsupervised
+            MGD teacher), whose query encoder is loaded without its projection head
+            (:mod:`~mgd_lightning.models.moco`).
         arch_args: extra keyword arguments of the builder, e.g. ``{depth: 20, width: 2}`` for
             ``cifar_resnet`` or ``{width_mult: 0.5}`` for ``mobilenet_v2``.
         download: ``weights`` missing from the hub cache: ``None`` / ``True`` download them with torchvision
