@@ -9,7 +9,10 @@ Two studies (:mod:`mgd_lightning.experiments`), chosen by the setting:
   and the error vs the number of target images per class;
 * ImageNet transfer (``--setting imagenet-transfer-cpu`` / ``-gpu`` / ``-smoke``; results/<setting>): Table 3 in its
   own regime, real ImageNet weights (EfficientNet-Lite2 teacher -> Lite0 student), 10 target images per class,
-  after a premise check (fine-tuning must beat training from scratch by 10 points, ``premise.json``).
+  after a premise check (fine-tuning must beat training from scratch by 10 points, ``premise.json``);
+* unsupervised (``--setting unsup-cpu`` / ``-gpu`` / ``-smoke``; results/<setting>): the official ``unsup/`` code's
+  question, MGD without labels: a MoCo-v2 teacher, students pre-trained by MoCo-v2, MoCo-v2 + MGD-AMP and MGD-AMP
+  alone, evaluated by linear probe and fine-tuning on 10 / 100 labels per class, after a premise check.
 
 Each writes under ``--out``:
 
@@ -39,13 +42,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mgd_lightning.experiments import imagenet_transfer, scratch, transfer
+from mgd_lightning.experiments import imagenet_transfer, scratch, transfer, unsupervised
 from mgd_lightning.experiments.study import PremiseError, Study, report_finished, run_study
 
 __all__ = ["STUDIES", "main", "study_of"]
 
 #: every study, each with its settings (setting names are unique across studies)
-STUDIES: tuple[Study, ...] = (scratch.STUDY, transfer.STUDY, imagenet_transfer.STUDY)
+STUDIES: tuple[Study, ...] = (scratch.STUDY, transfer.STUDY, imagenet_transfer.STUDY, unsupervised.STUDY)
 
 
 def study_of(setting_name: str) -> Study:
@@ -73,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
                         help=f"a subset of the study's rows; from scratch: {' '.join(scratch.ROWS)}; "
                              f"transfer: {' '.join(transfer.ROWS)}; "
-                             f"imagenet transfer: {' '.join(imagenet_transfer.ROWS)}")
+                             f"imagenet transfer: {' '.join(imagenet_transfer.ROWS)}; "
+                             f"unsupervised: {' '.join(unsupervised.ROWS)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the setting's)")
     parser.add_argument("--epochs", type=int, default=None, help="student epochs (milestones scale with it)")
     parser.add_argument("--jobs", type=int, default=None, help="runs at a time (processes)")

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from .base import ImageDataModule, seeded_subset
 from .datasets import DataFileError, TensorImageDataset
-from .transforms import FASHION_MNIST_MEAN, FASHION_MNIST_STD, grey_transforms
+from .transforms import FASHION_MNIST_MEAN, FASHION_MNIST_STD, grey_transforms, mocov2_grey_views
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_PATHS",
@@ -186,6 +186,9 @@ class FashionMNISTDataModule(ImageDataModule):
         mean, std: the grey normalisation (the same for each repeated channel); ``None``: Fashion-MNIST's own
             statistics. The EfficientNet-Lite ImageNet weights want ``mean=127/255, std=128/255``
             (:data:`mgd_lightning.models.efficientnet_lite.LITE_MEAN`).
+        two_views: training items are ``([view_1, view_2], label)``, two MoCo-v2 augmentations of the image
+            (:func:`~mgd_lightning.data.transforms.mocov2_grey_views`; ``augment`` is then unused), for
+            ``task="self_supervised"``; the evaluation and matching sets keep one non-augmented view.
 
     Example, in a LightningCLI config:
 
@@ -214,6 +217,7 @@ class FashionMNISTDataModule(ImageDataModule):
         image_size: int | None = None,
         mean: float | None = None,
         std: float | None = None,
+        two_views: bool = False,
     ) -> None:
         super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if channels < 1:
@@ -236,6 +240,7 @@ class FashionMNISTDataModule(ImageDataModule):
         if std is not None and std <= 0:
             raise ValueError(f"std must be > 0 or None, got {std}")
         self.image_size = image_size
+        self.two_views = bool(two_views)
         self.mean = FASHION_MNIST_MEAN if mean is None else (float(mean),)
         self.std = FASHION_MNIST_STD if std is None else (float(std),)
         self.num_classes = len(self.class_indices)
@@ -295,7 +300,9 @@ class FashionMNISTDataModule(ImageDataModule):
                                    resize=self.image_size)
             for train in (True, False)
         }
-        train_set = TensorImageDataset(train_x, train_y, tf[True])
+        train_tf = (mocov2_grey_views(28, self.mean, self.std, self.channels, resize=self.image_size)
+                    if self.two_views else tf[True])
+        train_set = TensorImageDataset(train_x, train_y, train_tf)
         matching = train_set.with_transform(tf[False])
         return (
             seeded_subset(train_set, self.limit_train, self.seed),

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from .base import ImageDataModule
 from .datasets import IMG_EXTENSIONS, ImageFileDataset, folder_split_classes, list_class_dirs, scan_split
-from .transforms import TRAIN_CROPS, TrainCrop, imagenet_transforms
+from .transforms import TRAIN_CROPS, TrainCrop, imagenet_transforms, mocov2_views
 
 __all__ = ["IMAGENET_DOWNLOAD", "IMAGENET_LAYOUT", "ImageNetDataModule"]
 
@@ -49,6 +49,10 @@ class ImageNetDataModule(ImageDataModule):
             ``Resize(resize_size)`` + ``RandomCrop(image_size)`` + flip, the paper's text ("randomly crop 224
             from 256"). Evaluation and the matching pass use ``Resize(resize_size)`` + ``CenterCrop(image_size)``
             either way.
+        two_views: training items are ``([view_1, view_2], label)``, MoCo-v2's two augmentations
+            (:func:`~mgd_lightning.data.transforms.mocov2_views`, lightly's ``MoCoV2Transform``; ``train_crop`` is
+            then unused) for ``task="self_supervised"`` (the official unsupervised MGD recipe); evaluation and the
+            matching pass keep ``Resize(resize_size)`` + ``CenterCrop(image_size)``, as the official code's.
 
     Example, in a LightningCLI config:
 
@@ -68,6 +72,7 @@ class ImageNetDataModule(ImageDataModule):
         image_size: int = 224,
         resize_size: int = 256,
         train_crop: TrainCrop = "random_resized",
+        two_views: bool = False,
     ) -> None:
         super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if resize_size < image_size:
@@ -77,6 +82,7 @@ class ImageNetDataModule(ImageDataModule):
         self.image_size = image_size
         self.resize_size = resize_size
         self.train_crop = train_crop
+        self.two_views = bool(two_views)
         self.data_dir = Path(root).expanduser()
         if not self.data_dir.is_dir():
             raise FileNotFoundError(
@@ -102,7 +108,8 @@ class ImageNetDataModule(ImageDataModule):
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         train = scan_split(self.data_dir / "train", self.classes, IMAGENET_LAYOUT)
         val = scan_split(self.data_dir / "val", self.classes, IMAGENET_LAYOUT)
-        train_tf = imagenet_transforms(True, self.image_size, self.resize_size, self.train_crop)
+        train_tf = (mocov2_views(self.image_size) if self.two_views
+                    else imagenet_transforms(True, self.image_size, self.resize_size, self.train_crop))
         eval_tf = imagenet_transforms(False, self.image_size, self.resize_size)
         train_set = ImageFileDataset(train, train_tf)
         return train_set, ImageFileDataset(val, eval_tf), train_set.with_transform(eval_tf)

@@ -9,6 +9,8 @@
   table follows it): train = ``Pad(4, padding_mode="reflect")`` + flip + ``RandomCrop(32)``; eval = to tensor;
   both normalised with OFD's mean/std. ``recipe="zero_pad"`` (opt-in, this package's earlier pipeline):
   ``RandomCrop(32, padding=4)`` (zeros) + flip, the CIFAR-100 mean/std.
+* MoCo-v2's two augmented views (:func:`mocov2_views`, lightly's ``MoCoV2Transform``: MoCo's ``--aug-plus``), and
+  their grey-image version for Fashion-MNIST (:func:`mocov2_grey_views`);
 * grey images, Fashion-MNIST and scikit-learn's digits (:func:`grey_transforms`): optional pad-and-crop
   augmentation (no flip: it would change digits), normalise, and optionally repeat the grey channel to 3.
 
@@ -45,6 +47,8 @@ __all__ = [
     "cifar_transforms",
     "grey_transforms",
     "imagenet_transforms",
+    "mocov2_grey_views",
+    "mocov2_views",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -191,3 +195,52 @@ def grey_transforms(
         steps.append(T.Resize((resize, resize), interpolation=T.InterpolationMode.BILINEAR, antialias=True))
     steps += [T.Normalize(tuple(mean), tuple(std)), RepeatChannels(channels)]
     return T.Compose(steps)
+
+
+def _multi_view(transforms: Sequence[Any]):
+    try:
+        from lightly.transforms.multi_view_transform import MultiViewTransform
+    except ImportError:
+        raise ImportError("two views need lightly, which is not installed: pip install "
+                          "'mgd-lightning[self-supervised]' (or pip install lightly)") from None
+    return MultiViewTransform(list(transforms))
+
+
+def mocov2_views(image_size: int = 224) -> Any:
+    """MoCo-v2's training augmentation (``--aug-plus``), two views per image: lightly's ``MoCoV2Transform``
+    (``RandomResizedCrop(image_size, scale=(0.2, 1))``, colour jitter 0.4 / 0.4 / 0.4 / 0.1 with p 0.8, grey
+    p 0.2, Gaussian blur sigma 0.1-2 with p 0.5, flip, ImageNet mean / std). Returns ``[view_1, view_2]``."""
+    try:
+        from lightly.transforms import MoCoV2Transform
+    except ImportError:
+        raise ImportError("two views need lightly, which is not installed: pip install "
+                          "'mgd-lightning[self-supervised]' (or pip install lightly)") from None
+    return MoCoV2Transform(input_size=image_size)
+
+
+def mocov2_grey_views(
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: int = 1,
+    resize: int | None = None,
+    min_scale: float = 0.2,
+) -> Any:
+    """MoCo-v2's augmentation for small grey images (Fashion-MNIST), two views per image.
+
+    Each view: ``RandomResizedCrop(size, scale=(min_scale, 1))``, brightness / contrast jitter 0.4 with p 0.8
+    (no saturation, hue or grey-scaling: there is one channel), Gaussian blur (kernel 3, sigma 0.1-1: MoCo's
+    2 would erase a 28 px image) with p 0.5, horizontal flip, then ``resize``, normalisation and
+    ``channels`` repeats as :func:`grey_transforms`. Returns a callable giving ``[view_1, view_2]``.
+    """
+    view = T.Compose([
+        ToFloatTensor(),
+        T.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True),
+        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
+        T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.5),
+        T.RandomHorizontalFlip(),
+        *([T.Resize((resize, resize), antialias=True)] if resize is not None and resize != size else []),
+        T.Normalize(tuple(mean), tuple(std)),
+        RepeatChannels(channels),
+    ])
+    return _multi_view([view, view])

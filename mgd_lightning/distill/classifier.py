@@ -15,6 +15,7 @@ its epoch count and its milestones (ImageNet MobileNet-V1: 120 + 10 epochs, drop
 
 from __future__ import annotations
 
+import math
 import warnings
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -31,12 +32,15 @@ from mgd_lightning.tasks.classification import infer_num_classes, split_batch
 from .checkpoint_io import use_atomic_checkpoint_io
 
 __all__ = [
-    "ClassificationModule", "LR_INTERVALS", "NORM_TYPES", "ModelDataMismatchError", "NonFiniteLossError",
+    "ClassificationModule", "LR_INTERVALS", "LR_SCHEDULES", "NORM_TYPES", "ModelDataMismatchError",
+    "NonFiniteLossError",
     "WarmupMultiStepLR", "decay_param_groups", "infer_num_classes", "split_batch",
 ]
 
 #: units of ``lr_milestones`` and the warm-up: epochs (classification recipes) or optimizer steps (detection)
 LR_INTERVALS = ("epoch", "step")
+#: ``lr_schedule`` values: step decay at ``lr_milestones`` (the reference code), or MoCo's cosine (``--cos``)
+LR_SCHEDULES = ("step", "cosine")
 
 #: learning-rate factor at the first warm-up epoch (reference ``cls/main_mgd.py``: ``warmup_factor=0.1``).
 WARMUP_START_FACTOR = 0.1
@@ -85,6 +89,17 @@ class _WarmupMultiStepFactor:
             alpha = epoch / self.warmup_epochs
             warmup = self.warmup_factor * (1 - alpha) + alpha
         return warmup * self.gamma ** bisect_right(self.milestones, epoch)
+
+
+class _CosineFactor:
+    """MoCo's ``--cos`` factor at epoch (or step) ``t`` of ``total``: ``0.5 * (1 + cos(pi * t / total))``; a class,
+    so that the scheduler pickles."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, t: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(t, self.total) / self.total))
 
 
 class WarmupMultiStepLR(torch.optim.lr_scheduler.LambdaLR):
@@ -187,6 +202,9 @@ class ClassificationModule(pl.LightningModule):
         warmup_steps: linear warm-up length in steps (``lr_interval="step"`` only).
         warmup_factor: learning-rate factor at the start of the warm-up (0.1: the reference classification code;
             Detectron2: 0.001).
+        lr_schedule: ``"step"`` (default): step decay at ``lr_milestones``; ``"cosine"``: MoCo's ``--cos``,
+            ``lr * 0.5 * (1 + cos(pi * t / T))`` with ``t`` the epoch (or step, ``lr_interval="step"``) and ``T`` the
+            Trainer's ``max_epochs`` (or its estimated total steps); ``lr_milestones`` are then unused.
         weight_decay_norm: weight decay of the norm layers' own parameters (:func:`decay_param_groups`); ``None``
             (default): the task's (:attr:`Task.weight_decay_norm <mgd_lightning.tasks.Task.weight_decay_norm>`:
             classification ``weight_decay``, as the reference ``cls/`` code decays every parameter; detection 0, as
@@ -217,6 +235,7 @@ class ClassificationModule(pl.LightningModule):
         warmup_steps: int = 0,
         warmup_factor: float = WARMUP_START_FACTOR,
         weight_decay_norm: float | None = None,
+        lr_schedule: str = "step",
     ) -> None:
         super().__init__()
         warn_if_mixed_namespaces(type(self).__name__)  # the other namespace's Trainer would refuse this module
@@ -234,6 +253,11 @@ class ClassificationModule(pl.LightningModule):
             raise ValueError(f"warmup_epochs={warmup_epochs} needs lr_interval='epoch' (use warmup_steps with 'step')")
         if not 0 < warmup_factor <= 1:
             raise ValueError(f"warmup_factor must be in (0, 1]; got {warmup_factor}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; got {lr_schedule!r}")
+        if lr_schedule == "cosine" and (warmup_epochs or warmup_steps):
+            raise ValueError("lr_schedule='cosine' has no warm-up here (MoCo's --cos has none): pass warmup_epochs=0 "
+                             "and warmup_steps=0, or use lr_schedule='step'")
         if weight_decay_norm is not None and weight_decay_norm < 0:
             raise ValueError(f"weight_decay_norm must be >= 0 or None (the task's default); got {weight_decay_norm}")
         self.warmup_epochs = int(warmup_epochs)
@@ -241,6 +265,12 @@ class ClassificationModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["model", "teacher", "student"] + ([] if isinstance(task, str) else ["task"]))
         self.model = model
         self.task = resolve_task(task)
+        if self.trains_by_task_loss() and not self.task.has_objective(model):
+            raise ValueError(
+                f"task={self.task.name!r}: a {type(model).__name__} has no objective of its own under this task (a "
+                "self-supervised model is an mgd_lightning.models.MoCoV2): wrap it in MoCoV2, or distil it with "
+                "DistillationModule(distill_weight > 0)"
+            )
         #: lowest top-1 error (%) over the validation epochs so far, and the top-k error (%) of that epoch
         #: (classification).
         self.best_err1: float | None = None
@@ -252,6 +282,10 @@ class ClassificationModule(pl.LightningModule):
         self._loss_terms: list[str] = []
         self._steps_since_check = 0
         self._batch_checked = False
+
+    def trains_by_task_loss(self) -> bool:
+        """Whether the task loss is all that trains the model (here: yes; a DistillationModule has distillation too)."""
+        return True
 
     def on_fit_start(self) -> None:
         # A frozen teacher is in eval mode by design; Lightning's generic warning about modules in eval
@@ -458,6 +492,13 @@ class ClassificationModule(pl.LightningModule):
             weight_decay=hp.weight_decay,
         )
         interval = hp.get("lr_interval", "epoch")
+        if hp.get("lr_schedule", "step") == "cosine":
+            total = self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches
+            if total is None or total < 1 or total == float("inf"):
+                raise ValueError(f"lr_schedule='cosine' needs a finite length: give the Trainer max_epochs "
+                                 f"(lr_interval={interval!r}); got {total}")
+            cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, _CosineFactor(int(total)))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": interval}}
         warmup = self.warmup_epochs if interval == "epoch" else int(hp.get("warmup_steps", 0))
         if warmup:
             scheduler: torch.optim.lr_scheduler.LRScheduler = WarmupMultiStepLR(

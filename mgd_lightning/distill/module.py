@@ -121,12 +121,15 @@ class DistillationModule(ClassificationModule):
         save_teacher: write the frozen teacher into checkpoints too (one self-contained file). Default
             ``False``: lean checkpoints without ``teacher.*`` keys; the teacher is given again at load time
             (see the module docstring).
-        task: ``"classification"`` (default) or ``"detection"`` (:mod:`mgd_lightning.tasks`): torchvision detectors
+        task: ``"classification"`` (default), ``"self_supervised"`` (no labels: a
+            :class:`~mgd_lightning.models.MoCoV2` student trains with MoCo-v2's loss plus the distillation on its
+            query view, any other student by distillation alone; :class:`~mgd_lightning.tasks.SelfSupervisedTask`) or
+            ``"detection"`` (:mod:`mgd_lightning.tasks`): torchvision detectors
             (e.g. :func:`mgd_lightning.models.build_detector`), taps in their backbone bodies, ``(images, targets)``
             batches, the student's own detection losses in place of the cross-entropy (weighted by ``ce_weight``,
             logged as ``train/<loss name>``), COCO AP on validation. KD needs logits: classification only.
-        lr_interval, warmup_steps, warmup_factor: an iteration schedule (detection:
-            :class:`~mgd_lightning.distill.classifier.ClassificationModule`).
+        lr_interval, warmup_steps, warmup_factor, lr_schedule: an iteration schedule (detection), MoCo's cosine
+            schedule (:class:`~mgd_lightning.distill.classifier.ClassificationModule`).
         weight_decay_norm: weight decay of norm-layer parameters (the student's and the tap norms); ``None``: the
             task's (classification ``weight_decay``; detection 0, Detectron2's ``WEIGHT_DECAY_NORM``).
     """
@@ -164,6 +167,7 @@ class DistillationModule(ClassificationModule):
         warmup_steps: int = 0,
         warmup_factor: float = WARMUP_START_FACTOR,
         weight_decay_norm: float | None = None,
+        lr_schedule: str = "step",
     ) -> None:
         teacher, student = uncompiled(teacher, "teacher"), uncompiled(student, "student")
         check_distillation_args(
@@ -174,7 +178,7 @@ class DistillationModule(ClassificationModule):
             student, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
             lr_milestones=lr_milestones, lr_gamma=lr_gamma, num_classes=num_classes, warmup_epochs=warmup_epochs,
             task=task, lr_interval=lr_interval, warmup_steps=warmup_steps, warmup_factor=warmup_factor,
-            weight_decay_norm=weight_decay_norm,
+            weight_decay_norm=weight_decay_norm, lr_schedule=lr_schedule,
         )
         check_task_has_logits(self.task, distiller, kd_weight)
         self.task.check_models(teacher, student)
@@ -189,6 +193,12 @@ class DistillationModule(ClassificationModule):
         self._register_margins(example)
         # The loss (Eq. 2): its weights, the student-side tap norms and a baseline's own modules.
         self.distill_weight = 0.0 if distiller == "kd" else float(distill_weight)
+        if not self.task.has_objective(student) and self.distill_weight <= 0:
+            raise ValueError(
+                f"task={self.task.name!r} with a {type(student).__name__} student (no objective of its own: "
+                f"distillation only) needs distill_weight > 0 and a feature distiller; got distill_weight="
+                f"{distill_weight}, distiller={distiller!r}"
+            )
         self.tap_weights, self.loss_factor = loss_scale(distiller, self.num_taps, tap_weights, loss_factor)
         self.student_bns = student_tap_norms(
             self.task, self.tap_shapes, enabled=student_bn and self.distill_weight > 0 and distiller == "mgd"
@@ -392,9 +402,10 @@ class DistillationModule(ClassificationModule):
             kept = raw_feats if self.keep_train_features == "raw" else s_feats
             self.last_train_features = ([f.detach() for f in kept], [f.detach() for f in t_feats])
         # the task loss: classification the cross-entropy ("ce"), detection the detector's own losses
-        terms = self.task.loss_terms(s_logits, y)
-        task_loss = total_loss(terms)
-        loss = self.ce_weight * task_loss if self.ce_weight != 1.0 else task_loss
+        terms = self.task.loss_terms(s_logits, y)  # empty: a student without an objective of its own
+        task_loss = total_loss(terms) if terms else None
+        loss = s_feats[0].new_zeros(()) if task_loss is None else (
+            self.ce_weight * task_loss if self.ce_weight != 1.0 else task_loss)
         logs = {f"train/{k}": v.detach() for k, v in terms.items()}
         terms = dict(terms)
         if self.distill_weight > 0:
@@ -415,6 +426,11 @@ class DistillationModule(ClassificationModule):
         self._track_finite(terms)
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=self.task.batch_size(x))
         return loss
+
+    def trains_by_task_loss(self) -> bool:
+        """No: distillation trains the student too (a student without a task loss of its own is checked against
+        ``distill_weight`` instead)."""
+        return False
 
     def trainable_modules(self) -> list[nn.Module]:
         """The student, its tap BatchNorms and a baseline's connectors / regressors; never the teacher."""

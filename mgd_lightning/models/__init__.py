@@ -15,6 +15,10 @@ modifies in place), and ``default_input_size``, the ``(C, H, W)`` input it is bu
   :func:`shufflenet_v2_x1_0_mgd`, :func:`shufflenet_v2_x1_5_mgd`, :func:`shufflenet_v2_x2_0_mgd`
   (:class:`ShuffleNetV2MGD`, pre-ReLU unit outputs). torchvision's own ``mobilenet_v2`` and
   ``shufflenet_v2_x*`` stay available through :func:`build_model` (the standard networks).
+* self-supervised learning (no labels): :class:`MoCoV2` (MoCo-v2 around any classification network, lightly's
+  loss and projector), :class:`LinearProbe` (MoCo's linear evaluation: a frozen encoder and a linear head), and
+  MoCo checkpoints as teachers (``build_model(name, checkpoint=path, checkpoint_prefix="moco")``,
+  :mod:`mgd_lightning.models.moco`);
 * detectors for paper Table 4: :func:`build_detector` (torchvision RetinaNet / Mask R-CNN with an FPN on ResNet-50,
   ResNet-18 or MobileNet-V2; :mod:`mgd_lightning.models.detection`).
 """
@@ -23,8 +27,11 @@ from __future__ import annotations
 
 from mgd_lightning.models.cifarresnet import CifarBasicBlock, CifarResNet, cifar_resnet, resnet56
 from mgd_lightning.models.detection import build_detector
+from mgd_lightning.models.heads import head_name, replace_head, strip_head
+from mgd_lightning.models.linear_probe import LinearProbe
 from mgd_lightning.models.mobilenetv1 import DepthwiseSeparableBlock, MobileNetV1, mobilenet_v1
 from mgd_lightning.models.mobilenetv2_mgd import MobileNetV2MGD, mobilenet_v2_mgd
+from mgd_lightning.models.moco_v2 import MoCoV2
 from mgd_lightning.models.registry import (
     PACKAGE_MODELS,
     TORCHVISION_VARIANTS,
@@ -57,6 +64,11 @@ __all__ = [
     "available_models",
     "build_detector",
     "build_model",
+    "head_name",
+    "replace_head",
+    "strip_head",
+    "LinearProbe",
+    "MoCoV2",
     "weights_enum",
     "weights_path",
     "CifarBasicBlock",

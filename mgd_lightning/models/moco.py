@@ -1,5 +1,8 @@
 """MoCo checkpoints as teachers or students: the query encoder of a MoCo (v1 / v2) pre-training file.
 
+The same reads the Lightning checkpoint of a :class:`~mgd_lightning.models.MoCoV2` trained with this package
+(alone, or as the student of a ``DistillationModule``): its encoder is ``model.encoder.*``.
+
 MoCo's ``main_moco.py`` (and the official MGD unsupervised code, ``unsup/main_moco_mgd.py``, whose teacher is MoCo-v2's
 200-epoch ResNet-50) saves ``{"epoch", "arch", "state_dict", "optimizer"}`` with the model wrapped in
 DistributedDataParallel: the keys are ``module.encoder_q.<torchvision ResNet key>`` for the query encoder,
@@ -22,15 +25,18 @@ __all__ = ["MOCO", "MOCO_PREFIXES", "moco_encoder_state"]
 
 #: the ``checkpoint_prefix`` value of :func:`~mgd_lightning.models.build_model` that reads a MoCo checkpoint
 MOCO = "moco"
-#: where the query encoder's keys live: saved from DistributedDataParallel (MoCo's own files), or not
-MOCO_PREFIXES = ("module.encoder_q.", "encoder_q.")
+#: where the query encoder's keys live: saved from DistributedDataParallel (MoCo's own files), or not; or a
+#: Lightning checkpoint of a :class:`~mgd_lightning.models.MoCoV2` trained here (``ClassificationModule`` /
+#: ``DistillationModule`` store it as ``model``; its encoder has no head, its projector is ``model.projector.*``)
+MOCO_PREFIXES = ("module.encoder_q.", "encoder_q.", "model.encoder.")
 
 
 def moco_encoder_state(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], checkpoint: str,
                        head: str = "fc") -> dict[str, torch.Tensor]:
     """The query encoder's ``state_dict`` from a MoCo checkpoint's ``state`` (its ``"state_dict"`` entry), ready for
     a strict load into a network whose ``state_dict`` is ``own``: the keys under ``module.encoder_q.`` (or
-    ``encoder_q.``) with the prefix removed, the projection head (keys under ``head``) dropped and replaced by the
+    ``encoder_q.``, or ``model.encoder.`` for a :class:`~mgd_lightning.models.MoCoV2` trained here) with the prefix
+    removed, the projection head (keys under ``head``) dropped and replaced by the
     network's own ``head`` tensors. Raises ``ValueError`` naming the file when no key is under either prefix."""
     for prefix in MOCO_PREFIXES:
         encoder = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

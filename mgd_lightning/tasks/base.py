@@ -52,6 +52,11 @@ class Task:
         ``(1, C, H, W)`` runs through (classification: the model)."""
         return model
 
+    def has_objective(self, model: nn.Module) -> bool:
+        """Whether ``model`` has a task loss of its own under this task (classification, detection: always); a
+        model without one can only be trained by distillation (``DistillationModule(distill_weight > 0)``)."""
+        return True
+
     def check_models(self, teacher: nn.Module, student: nn.Module) -> None:
         """Raise ``ValueError`` when teacher and student cannot be distilled under this task."""
 
