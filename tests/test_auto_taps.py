@@ -3,7 +3,7 @@
 Each architecture: the taps found (the last pre-activation tensor of each stage), that each is
 pre-activation (negative values on a random input in eval mode), the ResNet presets' tensors; then
 DistillationModule with automatic taps on either side (pairs of equal spatial size, one training step),
-the ViT error, ``mgd-lightning taps`` and ``build_model("timm/...")``.
+the ViT's token taps and the MLP error, ``mgd-lightning taps`` and ``build_model("timm/...")``.
 """
 
 from __future__ import annotations
@@ -227,11 +227,18 @@ def _tiny_vit() -> nn.Module:
     return tvm.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
 
 
-def test_vit_has_no_stages():
-    with pytest.raises(ValueError, match=r"VisionTransformer: no spatial stages.*teacher_taps=.* / student_taps"):
-        auto_taps(_tiny_vit(), (3, 32, 32))
-    with pytest.raises(ValueError, match=r"no preset distillation taps for student VisionTransformer.*student_taps"):
-        DistillationModule(_build("resnet18"), _tiny_vit(), input_size=(3, 32, 32))
+def test_vit_has_no_stages_but_token_blocks():
+    # no CNN stage; its encoder blocks are tapped as maps over the 2 x 2 patch grid, the class token dropped
+    # (tests/test_token_taps.py); a model with neither is an error
+    taps = auto_taps(_tiny_vit(), (3, 32, 32))
+    assert [(t.module, t.layout, t.grid, t.prefix_tokens) for t in taps] == [
+        ("encoder.layers.encoder_layer_0", "tokens", (2, 2), 1)]
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    with pytest.raises(ValueError, match=r"Sequential: no spatial stages.*no token grid.*teacher_taps=.* / "
+                                         r"student_taps"):
+        auto_taps(mlp, (3, 32, 32))
+    with pytest.raises(ValueError, match=r"no preset distillation taps for student Sequential.*student_taps"):
+        DistillationModule(_build("resnet18"), mlp, input_size=(3, 32, 32))
 
 
 PAIRS = [

@@ -32,7 +32,8 @@ ROOT = Path(mgd_lightning.__file__).resolve().parent.parent
 
 #: (layer, module-name prefixes), bottom to top; a prefix ``p`` holds ``p`` and ``p.*``
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("math", ("mgd_lightning.matching", "mgd_lightning.reduction", "mgd_lightning.losses")),
+    ("math", ("mgd_lightning.matching", "mgd_lightning.reduction", "mgd_lightning.losses",
+              "mgd_lightning.margin_estimate")),
     ("support", ("mgd_lightning.metrics", "mgd_lightning.checkpoints", "mgd_lightning._lightning",
                  "mgd_lightning.plotting")),
     ("blocks", ("mgd_lightning.models", "mgd_lightning.data", "mgd_lightning.distillers", "mgd_lightning.tasks")),

@@ -1,12 +1,15 @@
-"""Automatic distillation taps for a CNN without a preset: the last pre-activation tensor of each stage.
+"""Automatic distillation taps for a model without a preset: a transformer's blocks, else the last pre-activation
+tensor of each stage of a CNN.
 
 :func:`auto_taps` traces one probe forward of the model at its input size (forward hooks on every
-submodule, in eval mode, activations temporarily not inplace) and applies this rule:
+submodule, in eval mode, activations temporarily not inplace). A model with a *block sequence of token tensors*
+(a ViT / DeiT / Swin / hybrid / MLP-Mixer: :mod:`~mgd_lightning.distill.token_taps`) gets its block outputs, as
+``(B, C, H, W)`` maps over the patch grid: evenly spaced blocks of a plain ViT, the stage ends of a hierarchical one.
+Any other model is a CNN, and gets this rule:
 
 1. **Stages** are the spatial sizes of the ``Conv2d`` outputs, in the order they first appear (the runs
-   of equal spatial size). A ViT's patch embedding is its only convolution, and its 14 x 14 output is
-   flattened into tokens, neither reduced nor activated: a ViT has no stage (:class:`ValueError`: pass
-   ``teacher_taps`` / ``student_taps``).
+   of equal spatial size). (A ViT's patch embedding is its only convolution, and its 14 x 14 output is
+   flattened into tokens, neither reduced nor activated: a ViT has no stage; its blocks are tapped instead, above.)
    A convolution that keeps its input's size, with a larger size after it, is a squeeze-and-excitation
    gate (1 x 1) inside a stage: not a stage. A stage is entered by a strided convolution or a (not
    adaptive) pooling, or has the input's size (VGG): a 1 x 1 convolution after the global pool (timm's
@@ -47,21 +50,28 @@ submodule, in eval mode, activations temporarily not inplace) and applies this r
 The taps come highest resolution first, one per stage, the stem's too (the ResNet presets skip it: there
 ``auto_taps(model)[1:]`` equals the preset). :class:`~mgd_lightning.DistillationModule` pairs a teacher and a
 student of which one side is automatic by spatial size: stages whose size exists on one side only are
-dropped.
+dropped. With a transformer's taps on either side (:func:`pair_by_size`), when the sizes found on both sides do not
+pair every tap of the shorter side (a ViT's blocks share one grid), the taps are paired in order instead, the last
+``n`` of each side, and each teacher map is resampled to its student's grid
+(:func:`~mgd_lightning.distill.token_grid.resample_to`).
+
+Taps given by name on a transformer learn their layout from one probe forward (:func:`token_layouts`): a block
+output of ``(B, N, C)`` tokens becomes a ``"tokens"`` tap over the patch grid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from .feature_taps import FeatureTaps, Tap
+from .token_taps import looks_like_transformer, token_block_taps, token_info
 
-__all__ = ["auto_taps", "pair_by_size", "tap_shapes", "ACTIVATIONS"]
+__all__ = ["auto_taps", "pair_by_size", "resample_teacher_taps", "tap_shapes", "token_layouts", "ACTIVATIONS"]
 
 #: activation modules (classes); timm's and other libraries' own classes are recognised by class name
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
@@ -326,20 +336,9 @@ def _stage_taps(calls: list[_Call], example: torch.Tensor,
     return found
 
 
-def auto_taps(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> list[Tap]:
-    """The last pre-activation tensor of each resolution stage of ``model``, found by tracing one forward.
-
-    Args:
-        model: a CNN (torchvision, timm or own); it is left as it was (mode, inplace flags, no hooks).
-        input_size: (C, H, W) of the probe input, the model's training input size.
-
-    Returns:
-        One :class:`Tap` per stage, highest resolution first (rule: the module docstring).
-
-    Raises:
-        ValueError: the model has no spatial stages (a ViT), or cannot run the probe input.
-    """
-    size = tuple(int(v) for v in input_size)
+def _probe(model: nn.Module, size: tuple[int, ...], what: str) -> tuple[torch.Tensor, list[_Call], list[_Func]]:
+    """The probe input ``(1, *size)`` and the trace of its forward; a one-line ``ValueError`` when the model cannot
+    run it."""
     if len(size) != 3:
         raise ValueError(f"input_size must be (C, H, W), e.g. (3, 224, 224); got {size}")
     param = next(model.parameters(), None)
@@ -348,10 +347,38 @@ def auto_taps(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> li
         calls, funcs = _trace(model, example)
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as err:
         raise ValueError(
-            f"automatic taps for {type(model).__name__}: the model cannot run a (1, {', '.join(map(str, size))}) "
+            f"{what} for {type(model).__name__}: the model cannot run a (1, {', '.join(map(str, size))}) "
             f"probe input ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
             "give the training input size (input_size=(C, H, W))"
         ) from err
+    return example, calls, funcs
+
+
+def auto_taps(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), num_token_taps: int = 4) -> list[Tap]:
+    """A transformer's block outputs, else the last pre-activation tensor of each resolution stage of a CNN, found by
+    tracing one forward.
+
+    Args:
+        model: a CNN or a vision transformer (torchvision, timm or own); it is left as it was (mode, inplace flags,
+            no hooks).
+        input_size: (C, H, W) of the probe input, the model's training input size.
+        num_token_taps: how many blocks of a plain (one-grid) transformer to tap: the ends of that many equal parts
+            of its block sequence (a hierarchical one, e.g. Swin, gets its stage ends).
+
+    Returns:
+        A transformer: one token :class:`Tap` per chosen block (``layout`` ``"tokens"`` or ``"nhwc"``,
+        :mod:`~mgd_lightning.distill.token_taps`). A CNN: one :class:`Tap` per stage, highest resolution first
+        (rule: the module docstring).
+
+    Raises:
+        ValueError: the model has neither token blocks nor spatial stages (a pure MLP), or cannot run the probe
+        input.
+    """
+    size = tuple(int(v) for v in input_size)
+    example, calls, funcs = _probe(model, size, "automatic taps")
+    tokens = token_block_taps(model, calls, example, num_token_taps)
+    if tokens:
+        return tokens
     taps = [tap for tap, _ in _stage_taps(calls, example, funcs)]
     if not taps:
         how = ("pass teacher_taps=[...] / student_taps=[...] with module names from model.named_modules() (a name, "
@@ -360,15 +387,57 @@ def auto_taps(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> li
         if not sizes:
             raise ValueError(
                 f"automatic taps for {type(model).__name__}: no spatial stages found (no nn.Conv2d module returns "
-                f"NCHW feature maps: the network convolves functionally, or not at all): {how}"
+                f"NCHW feature maps: the network convolves functionally, or not at all) and no token grid to map (no "
+                f"block sequence returns (B, N, C) tokens over a patch grid): {how}"
             )
         raise ValueError(
             f"automatic taps for {type(model).__name__}: no spatial stages found with a tensor a hook can take "
-            f"(nn.Conv2d outputs of sizes {sizes}): either no module goes on with them as feature maps (a vision "
-            "transformer flattens its patch embedding into tokens), or each stage's pre-activation tensor is made "
+            f"(nn.Conv2d outputs of sizes {sizes}), and no block sequence of (B, N, C) tokens over their grid: either "
+            "no module goes on with them as feature maps, or each stage's pre-activation tensor is made "
             f"by functional ops (x * s, torch.cat, ...) that no module returns: {how}"
         )
     return taps
+
+
+def token_layouts(model: nn.Module, taps: Sequence[Tap], input_size: Sequence[int] = (3, 224, 224)) -> list[Tap]:
+    """``taps`` (given by name) with the layout of the tensors they take: a plain tap (``layout="nchw"``, no
+    ``resample``) whose tensor is ``(B, N, C)`` tokens over a patch grid, or a channels-last ``(B, H, W, C)`` stage,
+    becomes a ``"tokens"`` / ``"nhwc"`` tap (:func:`~mgd_lightning.distill.token_taps.token_info`); the others are
+    returned as they are. Probes only a model that may hold tokens (a ``LayerNorm``, attention, timm's
+    ``num_prefix_tokens``): a CNN's taps come back without a forward. The taps of a model that cannot run the probe
+    come back as they are too (the tap-shape probe that follows names the input size).
+
+    Raises a one-line ``ValueError`` for a tap whose tensor is 3-D with no patch grid found (pass a
+    ``Tap(..., layout="tokens", grid=(H, W), prefix_tokens=P)``)."""
+    taps = list(taps)
+    if not any(not t.mapped for t in taps) or not looks_like_transformer(model):
+        return taps
+    size = tuple(int(v) for v in input_size)
+    try:
+        example, calls, _ = _probe(model, size, "token taps")
+    except ValueError:  # the shape probe that follows names the input size
+        return taps
+    last: dict[str, _Call] = {}
+    for c in calls:
+        last[c.name] = c
+    out = []
+    for tap in taps:
+        c = last.get(tap.module)
+        if tap.mapped or c is None:
+            out.append(tap)
+            continue
+        tensor, time = (c.out, c.end) if tap.kind == "output" else (c.inp, c.start)
+        info = token_info(model, calls, tensor, time, example)
+        if info is not None:
+            tap = replace(tap, layout=info[0], grid=info[1] if info[0] == "tokens" else None, prefix_tokens=info[2])
+        elif isinstance(tensor, torch.Tensor) and tensor.dim() == 3:
+            raise ValueError(
+                f"tap {tap.module!r} of {type(model).__name__} gives {tuple(tensor.shape)} tokens over no patch grid "
+                "found (no nn.Conv2d output before it whose H * W fits N); pass Tap(name, layout='tokens', "
+                "grid=(H, W), prefix_tokens=P)"
+            )
+        out.append(tap)
+    return out
 
 
 def tap_shapes(model: nn.Module, taps: Sequence[Tap], input_size: Sequence[int]) -> list[tuple[int, ...]]:
@@ -391,26 +460,61 @@ def tap_shapes(model: nn.Module, taps: Sequence[Tap], input_size: Sequence[int])
             m.training = flag
 
 
-def pair_by_size(
+def _spatial_shapes(
     teacher: nn.Module, teacher_taps: Sequence[Tap], student: nn.Module, student_taps: Sequence[Tap],
     input_size: Sequence[int],
-) -> tuple[list[Tap], list[Tap]]:
-    """Teacher and student taps paired by spatial size at ``input_size``: the sizes found on both sides, in
-    the teacher's order (for a size tapped twice on one side, its last tap). Raises ``ValueError`` when the
-    two sides share no size."""
+) -> list[list[tuple[int, ...]]]:
+    """The ``(H, W)`` of each teacher tap and each student tap at ``input_size``; a one-line ``ValueError`` when a
+    network cannot run the probe."""
     shapes = []
     for role, model, taps in (("teacher", teacher, teacher_taps), ("student", student, student_taps)):
         try:
-            shapes.append([s[2:] for s in tap_shapes(model, taps, input_size)])
+            shapes.append([tuple(s[2:]) for s in tap_shapes(model, taps, input_size)])
         except (RuntimeError, TypeError, IndexError, AssertionError) as err:
             raise ValueError(
                 f"{role} {type(model).__name__} cannot run a (1, {', '.join(map(str, input_size))}) probe input "
                 f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
                 "input_size must be the (C, H, W) of the training images"
             ) from err
+    return shapes
+
+
+def resample_teacher_taps(
+    teacher: nn.Module, teacher_taps: Sequence[Tap], student: nn.Module, student_taps: Sequence[Tap],
+    input_size: Sequence[int],
+) -> list[Tap]:
+    """The paired ``teacher_taps`` (as many as ``student_taps``, in pair order), each whose ``(H, W)`` at
+    ``input_size`` differs from its student tap's resampled to it (``Tap.resample``), when a transformer's (token) tap
+    is on either side; ``teacher_taps`` as they are otherwise (CNN pairs must have equal sizes)."""
+    if not any(t.layout != "nchw" for t in (*teacher_taps, *student_taps)):
+        return list(teacher_taps)
+    t_shapes, s_shapes = _spatial_shapes(teacher, teacher_taps, student, student_taps, input_size)
+    return [t if ts == ss else replace(t, resample=ss) for t, ts, ss in zip(teacher_taps, t_shapes, s_shapes)]
+
+
+def pair_by_size(
+    teacher: nn.Module, teacher_taps: Sequence[Tap], student: nn.Module, student_taps: Sequence[Tap],
+    input_size: Sequence[int],
+) -> tuple[list[Tap], list[Tap]]:
+    """Teacher and student taps paired by spatial size at ``input_size``: the sizes found on both sides, in
+    the teacher's order (for a size tapped twice on one side, its last tap). Raises ``ValueError`` when the
+    two sides share no size.
+
+    With a transformer's (token) tap on either side, when the common sizes do not pair all ``n`` taps of the shorter
+    side (a plain ViT's blocks share one grid): the last ``n`` taps of each side in order, each teacher tap whose grid
+    differs from its student's resampled to it (``Tap.resample``: pooled where it shrinks, bilinear where it
+    grows, :func:`~mgd_lightning.distill.token_grid.resample_to`)."""
+    shapes = _spatial_shapes(teacher, teacher_taps, student, student_taps, input_size)
     t_by_size = {s: t for t, s in zip(teacher_taps, shapes[0])}
     s_by_size = {s: t for t, s in zip(student_taps, shapes[1])}
     common = [s for s in t_by_size if s in s_by_size]
+    n = min(len(teacher_taps), len(student_taps))
+    if len(common) < n and any(t.layout != "nchw" for t in (*teacher_taps, *student_taps)):
+        # a transformer's taps: in order, the last n of each side, the teacher's map resampled to the student's grid
+        t_last, s_last = slice(len(teacher_taps) - n, None), slice(len(student_taps) - n, None)
+        t_taps = [t if ts == ss else replace(t, resample=ss)
+                  for t, ts, ss in zip(teacher_taps[t_last], shapes[0][t_last], shapes[1][s_last])]
+        return t_taps, list(student_taps[s_last])
     if not common:
         raise ValueError(
             f"teacher {type(teacher).__name__} and student {type(student).__name__} have no tap of the same "

@@ -41,12 +41,23 @@ def margin_batchnorms(
 
 def tap_margins(bns: Sequence[nn.Module | None], teacher_taps: Sequence[Tap]) -> list[torch.Tensor]:
     """The margins (Eq. 4) of each teacher tap, ``(C_T,)`` float32, from the BatchNorm before it; an empty
-    ``(0,)`` tensor (no margin ReLU) for a tap without one, with a logged warning."""
+    ``(0,)`` tensor (no margin ReLU) for a tap without one, with a logged warning.
+
+    A transformer's token taps (``Tap.layout`` ``"tokens"`` / ``"nhwc"``: LayerNorm + GELU, no BatchNorm before a
+    ReLU) have no margin by design: the teacher target is the plain reduced teacher under the partial L2 (Eq. 5),
+    said once for all of them at info level (no warning). An estimated margin is opt-in
+    (:func:`mgd_lightning.margin_estimate.estimate_margin`)."""
     margins = []
+    token_taps = []
     for tap, bn in zip(teacher_taps, bns):
-        if bn is None:
+        if bn is None and tap.layout != "nchw":
+            token_taps.append(tap.module)
+        elif bn is None:
             log.warning("teacher tap %r: no BatchNorm before it; no margin ReLU", tap.module)
         margins.append(margin_from_bn(bn).float() if bn is not None else torch.zeros(0))
+    if token_taps:
+        log.info("teacher token taps %s: no BatchNorm (LayerNorm network); no margin ReLU, the plain partial L2 on "
+                 "the reduced teacher", token_taps)
     return margins
 
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from mgd_lightning.tasks import Task
 
-from .auto_taps import pair_by_size
+from .auto_taps import pair_by_size, resample_teacher_taps
 from .taps import FeatureTaps, Tap, preset_taps, resolve_taps
 
 __all__ = ["TapShape", "pair_taps", "probe_input", "probe_tap_shapes", "tap_pair_shapes"]
@@ -35,7 +35,12 @@ def pair_taps(
     With automatic taps on either side, the taps of the spatial sizes found on both sides are paired
     (:func:`~mgd_lightning.distill.auto_taps.pair_by_size`, at the ``(C, H, W)`` ``size``); with presets on both
     sides and unequal counts, the earliest taps of the longer list are dropped (the reference code's
-    ``ignore_inds``). Raises ``ValueError`` when taps given by name differ in count."""
+    ``ignore_inds``). Raises ``ValueError`` when taps given by name differ in count.
+
+    A transformer's taps (``Tap.layout`` ``"tokens"`` / ``"nhwc"``) on either side: pairs whose grids differ have the
+    teacher's map resampled to the student's grid (``Tap.resample``;
+    :func:`~mgd_lightning.distill.auto_taps.pair_by_size` pairs such automatic taps in order where their sizes do
+    not pair them)."""
     t_taps = resolve_taps(teacher_root, teacher_taps, "teacher", size)
     s_taps = resolve_taps(student_root, student_taps, "student", size)
     sides = ((teacher_root, teacher_taps), (student_root, student_taps))
@@ -49,7 +54,7 @@ def pair_taps(
             f"teacher and student need as many taps: teacher_taps {[t.module for t in t_taps]} "
             f"({len(t_taps)}) vs student_taps {[t.module for t in s_taps]} ({len(s_taps)})"
         )
-    return t_taps, s_taps
+    return resample_teacher_taps(teacher_root, t_taps, student_root, s_taps, size), s_taps
 
 
 def probe_input(size: Sequence[int], teacher: nn.Module) -> torch.Tensor:

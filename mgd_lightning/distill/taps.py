@@ -83,7 +83,7 @@ import torchvision.models as tvm
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .auto_taps import auto_taps
+from .auto_taps import auto_taps, token_layouts
 from .feature_taps import KINDS, FeatureTaps, Tap
 
 __all__ = ["KINDS", "Tap", "FeatureTaps", "preset_taps", "resolve_taps", "batchnorm_before_taps"]
@@ -158,9 +158,11 @@ def resolve_taps(
     """Turn user taps (names, ``"name:input"`` strings or :class:`Tap`) or ``None`` into checked taps.
 
     ``None`` picks the preset (:func:`preset_taps`), else the automatic taps traced at ``input_size``
-    (default (3, 224, 224)): the last pre-activation tensor of each stage
-    (:func:`~mgd_lightning.distill.auto_taps.auto_taps`). Raises ``ValueError`` for a model without
-    spatial stages (a ViT) and no taps, or a name that is not a submodule (listing the valid names).
+    (default (3, 224, 224)): a transformer's blocks, else the last pre-activation tensor of each stage
+    (:func:`~mgd_lightning.distill.auto_taps.auto_taps`). Taps given by name on a transformer take the layout of their
+    tensors (``(B, N, C)`` tokens over the patch grid: :func:`~mgd_lightning.distill.auto_taps.token_layouts`). Raises
+    ``ValueError`` for a model with neither token blocks nor spatial stages (a pure MLP) and no taps, or a name that
+    is not a submodule (listing the valid names).
     """
     if taps is None:
         preset = preset_taps(model)
@@ -196,7 +198,7 @@ def resolve_taps(
         resolved.append(tap)
     if not resolved:
         raise ValueError(f"{role}_taps must name at least one module; got an empty list")
-    return resolved
+    return token_layouts(model, resolved, input_size or (3, 224, 224))
 
 
 def batchnorm_before_taps(model: nn.Module, taps: Sequence[Tap], example: torch.Tensor) -> list[nn.Module | None]:
@@ -206,7 +208,8 @@ def batchnorm_before_taps(model: nn.Module, taps: Sequence[Tap], example: torch.
     feature (for a ResNet block, the residual branch's last BN, as in the reference code). A tap
     taken *inside* a BN module (timm's ``BatchNormAct2d`` runs its activation in its own forward:
     the tap ``bn.act:input`` is that BN's output) belongs to that BN. ``None`` when no BN ran before
-    the tap or its channel count differs from the tapped tensor's.
+    the tap or its channel count differs from the tapped tensor's, and for a transformer's token tap
+    (``Tap.layout`` not ``"nchw"``): LayerNorms and attention lie between any BatchNorm and the tokens.
     """
     modules = dict(model.named_modules())
     events: list[tuple[str, object]] = []
@@ -219,6 +222,8 @@ def batchnorm_before_taps(model: nn.Module, taps: Sequence[Tap], example: torch.
                 lambda m, a, o, n=name: events.append(("bn", n))))
     for i, tap in enumerate(taps):
         module = modules[tap.module]
+        if tap.layout != "nchw":
+            continue
         if tap.kind == "output":
             handles.append(module.register_forward_hook(
                 lambda m, a, o, i=i: events.append(("tap", (i, o.shape[1])))))
