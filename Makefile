@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-backends docs lint bench demo demo-detection study transfer imagenet-transfer fashion-mnist clean
+.PHONY: install test test-backends docs lint bench demo demo-detection study transfer imagenet-transfer unsup fashion-mnist clean
 
 $(STAMP): setup.py setup.cfg requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -102,6 +102,13 @@ transfer: $(STAMP) fashion-mnist
 IMAGENET_TRANSFER_ARGS ?= --setting imagenet-transfer-cpu
 imagenet-transfer: $(STAMP) fashion-mnist
 	$(VENV)/bin/mgd-lightning study $(IMAGENET_TRANSFER_ARGS)
+
+# The unsupervised study (results/unsup-cpu: MGD without labels, the official unsup/ question: a MoCo-v2 teacher,
+# students pre-trained by MoCo-v2, MoCo-v2 + MGD-AMP and MGD-AMP alone, linear probe and 10 / 100-label fine-tuning;
+# resumable). UNSUP_ARGS="--setting unsup-gpu" on a GPU.
+UNSUP_ARGS ?= --setting unsup-cpu
+unsup: $(STAMP) fashion-mnist
+	$(VENV)/bin/mgd-lightning study $(UNSUP_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/solver.py

@@ -29,8 +29,10 @@ from tests.test_data import _make_cifar, _make_cub, _make_folders
 from tests.test_schedules import official_schedule
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-# configs/coco/ (detection, paper Table 4): tests/test_detection_configs.py
-CONFIGS = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml") if p.parent.name != "coco")
+# configs/coco/ (detection, paper Table 4): tests/test_detection_configs.py; configs/unsup/ (the official unsupervised
+# extension, MoCo-v2 + MGD): tests/test_unsup_configs.py
+CONFIGS = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")
+                 if p.parent.name not in ("coco", "unsup"))
 IDS = [c.removesuffix(".yaml") for c in CONFIGS]
 
 CUB = "mgd_lightning.data.CUB200DataModule"

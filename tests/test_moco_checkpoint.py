@@ -57,8 +57,8 @@ def test_a_file_of_another_network_is_refused_in_one_line(tmp_path):
 def test_a_file_that_is_not_moco_is_refused_in_one_line(tmp_path):
     path = tmp_path / "student.pt"
     torch.save(build_model("resnet18", num_classes=10).state_dict(), path)
-    message = (r"student.pt' is not a MoCo checkpoint: no keys under module.encoder_q. or encoder_q. "
-               r"\(its keys start with \['bn1.', 'conv1.', 'fc.', 'layer1.'")
+    message = (r"student.pt' is not a MoCo checkpoint: no keys under module.encoder_q. or encoder_q. or "
+               r"model.encoder. \(its keys start with \['bn1.', 'conv1.', 'fc.', 'layer1.'")
     with pytest.raises(ValueError, match=message) as err:
         build_model("resnet18", num_classes=10, checkpoint=str(path), checkpoint_prefix="moco")
     assert "\n" not in str(err.value)

@@ -35,9 +35,10 @@ from mgd_lightning.commands.cli import MGDCLI, run_cli
 from mgd_lightning.distill.classifier import ClassificationModule, WarmupMultiStepLR
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-# configs/coco/ (detection: iteration schedules, Detectron2 1x): tests/test_detection_configs.py
+# configs/coco/ (detection: iteration schedules, Detectron2 1x): tests/test_detection_configs.py; configs/unsup/
+# (the official unsupervised recipe): tests/test_unsup_configs.py
 CONFIGS = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")
-                 if p.parent.name not in ("digits", "coco"))
+                 if p.parent.name not in ("digits", "coco", "unsup"))
 
 MAIN_MGD = dict(source="cls/main_mgd.py", epochs=120, milestones=[31, 61, 81], warmup=0, nesterov=True, compare="best")
 MAIN_BASE = dict(source="cls/main_base.py", epochs=120, milestones=[30, 60, 90], warmup=0, nesterov=False,

@@ -24,7 +24,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from mgd_lightning._lightning import pl
 
-__all__ = ["GroupedBatchSampler", "ImageDataModule", "leftover_batches", "seeded_subset"]
+__all__ = [
+    "GroupedBatchSampler", "ImageDataModule", "leftover_batches", "per_class_indices", "seeded_subset"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,18 @@ def seeded_subset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset
         return dataset
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return Subset(dataset, perm[:limit].tolist())
+
+
+def per_class_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``n`` items of each label (all of a label with fewer), sorted.
+
+    labels: (N,) int. The items of a label are its first ``n`` in a permutation of ``range(N)`` seeded by
+    ``seed``, so the choice for ``n`` is a subset of the choice for any larger ``n`` (a curve over ``n`` varies
+    the size only).
+    """
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    chosen = [perm[labels[perm] == c][:n] for c in labels.unique().tolist()]
+    return torch.cat(chosen).sort().values if chosen else torch.zeros(0, dtype=torch.long)
 
 
 def leftover_batches(buckets: Sequence[list[int]], batch_size: int, drop_last: bool) -> list[list[int]]:

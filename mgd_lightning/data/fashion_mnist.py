@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .base import ImageDataModule, seeded_subset
+from .base import ImageDataModule, per_class_indices, seeded_subset
 from .datasets import DataFileError, TensorImageDataset
 from .transforms import FASHION_MNIST_MEAN, FASHION_MNIST_STD, grey_transforms, mocov2_grey_views
 
@@ -143,18 +143,6 @@ def _keep_classes(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[
     new = mapping[labels]
     keep = new >= 0
     return images[keep], new[keep]
-
-
-def per_class_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    """Indices of ``n`` items of each label (all of a label with fewer), sorted.
-
-    labels: (N,) int. The items of a label are its first ``n`` in a permutation of ``range(N)`` seeded by
-    ``seed``, so the choice for ``n`` is a subset of the choice for any larger ``n`` (a curve over ``n`` varies
-    the size only).
-    """
-    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    chosen = [perm[labels[perm] == c][:n] for c in labels.unique().tolist()]
-    return torch.cat(chosen).sort().values if chosen else torch.zeros(0, dtype=torch.long)
 
 
 class FashionMNISTDataModule(ImageDataModule):

@@ -6,9 +6,10 @@ import logging
 import os
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset
 
-from .base import ImageDataModule
+from .base import ImageDataModule, per_class_indices
 from .datasets import IMG_EXTENSIONS, ImageFileDataset, folder_split_classes, list_class_dirs, scan_split
 from .transforms import TRAIN_CROPS, TrainCrop, imagenet_transforms, mocov2_views
 
@@ -53,6 +54,10 @@ class ImageNetDataModule(ImageDataModule):
             (:func:`~mgd_lightning.data.transforms.mocov2_views`, lightly's ``MoCoV2Transform``; ``train_crop`` is
             then unused) for ``task="self_supervised"`` (the official unsupervised MGD recipe); evaluation and the
             matching pass keep ``Resize(resize_size)`` + ``CenterCrop(image_size)``, as the official code's.
+        train_per_class: keep N training images of each class (few-label fine-tuning: 13 is about 1 % of
+            ImageNet, 128 about 10 %), the first N of each class in a permutation seeded by ``seed`` (the images for
+            N are a subset of those for any larger N); ``None``: all.
+        seed: seed of that permutation.
 
     Example, in a LightningCLI config:
 
@@ -73,6 +78,8 @@ class ImageNetDataModule(ImageDataModule):
         resize_size: int = 256,
         train_crop: TrainCrop = "random_resized",
         two_views: bool = False,
+        train_per_class: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__(root=root, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if resize_size < image_size:
@@ -83,6 +90,10 @@ class ImageNetDataModule(ImageDataModule):
         self.resize_size = resize_size
         self.train_crop = train_crop
         self.two_views = bool(two_views)
+        if train_per_class is not None and train_per_class < 1:
+            raise ValueError(f"train_per_class must be >= 1 or None, got {train_per_class}")
+        self.train_per_class = train_per_class
+        self.seed = seed
         self.data_dir = Path(root).expanduser()
         if not self.data_dir.is_dir():
             raise FileNotFoundError(
@@ -107,6 +118,9 @@ class ImageNetDataModule(ImageDataModule):
 
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         train = scan_split(self.data_dir / "train", self.classes, IMAGENET_LAYOUT)
+        if self.train_per_class is not None:
+            keep = per_class_indices(torch.tensor([label for _, label in train]), self.train_per_class, self.seed)
+            train = [train[i] for i in keep.tolist()]
         val = scan_split(self.data_dir / "val", self.classes, IMAGENET_LAYOUT)
         train_tf = (mocov2_views(self.image_size) if self.two_views
                     else imagenet_transforms(True, self.image_size, self.resize_size, self.train_crop))

@@ -92,13 +92,18 @@ class _WarmupMultiStepFactor:
 
 
 class _CosineFactor:
-    """MoCo's ``--cos`` factor at epoch (or step) ``t`` of ``total``: ``0.5 * (1 + cos(pi * t / total))``; a class,
+    """MoCo's ``--cos`` factor at epoch (or step) ``t`` of ``total``: ``0.5 * (1 + cos(pi * t / total))``, after an
+    optional linear warm-up over the first ``warmup`` epochs (or steps) from ``warmup_factor`` (the official
+    unsupervised MGD code, ``unsup/main_moco_mgd.py``: 3 epochs from 0.001, then the cosine of the epoch). A class,
     so that the scheduler pickles."""
 
-    def __init__(self, total: int) -> None:
-        self.total = total
+    def __init__(self, total: int, warmup: int = 0, warmup_factor: float = WARMUP_START_FACTOR) -> None:
+        self.total, self.warmup, self.warmup_factor = int(total), int(warmup), float(warmup_factor)
 
     def __call__(self, t: int) -> float:
+        if t < self.warmup:
+            alpha = t / self.warmup
+            return self.warmup_factor * (1 - alpha) + alpha
         return 0.5 * (1.0 + math.cos(math.pi * min(t, self.total) / self.total))
 
 
@@ -204,7 +209,9 @@ class ClassificationModule(pl.LightningModule):
             Detectron2: 0.001).
         lr_schedule: ``"step"`` (default): step decay at ``lr_milestones``; ``"cosine"``: MoCo's ``--cos``,
             ``lr * 0.5 * (1 + cos(pi * t / T))`` with ``t`` the epoch (or step, ``lr_interval="step"``) and ``T`` the
-            Trainer's ``max_epochs`` (or its estimated total steps); ``lr_milestones`` are then unused.
+            Trainer's ``max_epochs`` (or its estimated total steps), after the warm-up when one is given (the
+            official unsupervised MGD recipe: ``warmup_epochs=3, warmup_factor=0.001``); ``lr_milestones`` are then
+            unused.
         weight_decay_norm: weight decay of the norm layers' own parameters (:func:`decay_param_groups`); ``None``
             (default): the task's (:attr:`Task.weight_decay_norm <mgd_lightning.tasks.Task.weight_decay_norm>`:
             classification ``weight_decay``, as the reference ``cls/`` code decays every parameter; detection 0, as
@@ -255,9 +262,6 @@ class ClassificationModule(pl.LightningModule):
             raise ValueError(f"warmup_factor must be in (0, 1]; got {warmup_factor}")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; got {lr_schedule!r}")
-        if lr_schedule == "cosine" and (warmup_epochs or warmup_steps):
-            raise ValueError("lr_schedule='cosine' has no warm-up here (MoCo's --cos has none): pass warmup_epochs=0 "
-                             "and warmup_steps=0, or use lr_schedule='step'")
         if weight_decay_norm is not None and weight_decay_norm < 0:
             raise ValueError(f"weight_decay_norm must be >= 0 or None (the task's default); got {weight_decay_norm}")
         self.warmup_epochs = int(warmup_epochs)
@@ -497,7 +501,9 @@ class ClassificationModule(pl.LightningModule):
             if total is None or total < 1 or total == float("inf"):
                 raise ValueError(f"lr_schedule='cosine' needs a finite length: give the Trainer max_epochs "
                                  f"(lr_interval={interval!r}); got {total}")
-            cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, _CosineFactor(int(total)))
+            warm = self.warmup_epochs if interval == "epoch" else int(hp.get("warmup_steps", 0))
+            factor = _CosineFactor(int(total), warm, hp.get("warmup_factor", WARMUP_START_FACTOR))
+            cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": interval}}
         warmup = self.warmup_epochs if interval == "epoch" else int(hp.get("warmup_steps", 0))
         if warmup:

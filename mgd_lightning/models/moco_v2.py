@@ -112,7 +112,16 @@ class MoCoV2(nn.Module):
                 self._update_momentum(self.encoder, self.key_encoder, self.momentum)
                 self._update_momentum(self.projector, self.key_projector, self.momentum)
             key = self.key_projector(self.key_encoder(key_view))
-        return self.criterion(query, key)
+        if self.training or not query.requires_grad:
+            return self.criterion(query, key)
+        # lightly enqueues the keys whenever the query needs gradients: outside training the queue stays as it was
+        bank = self.criterion.memory_bank
+        queue, pointer = bank.bank.clone(), bank.bank_ptr.clone()
+        loss = self.criterion(query, key)
+        with torch.no_grad():
+            bank.bank.copy_(queue)
+            bank.bank_ptr.copy_(pointer)
+        return loss
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, queue_size={self.queue_size}, temperature={self.temperature}, "
