@@ -83,3 +83,46 @@ def test_must_show_example_with_ddp(tmp_path):
         assert torch.equal(a, b)
     assert not set(r0["indices"]) & set(r1["indices"]) and r0["images"] == 24
     assert (tmp_path / "lightning_logs").is_dir()
+
+
+class _QueueRecorder(pl.Callback):
+    """Saves the MoCo student's queue and the matchings on this rank at the end of training."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module):
+        bank = pl_module.student.criterion.memory_bank
+        torch.save({"queue": bank.bank.clone(), "ptr": int(bank.bank_ptr), "world": trainer.world_size,
+                    "matchings": [g.clone() for g in pl_module.matchings],
+                    "encoder": pl_module.student.encoder.conv1.weight.detach().clone()},
+                   self.out / f"rank{trainer.global_rank}.pt")
+
+
+def test_moco_student_under_ddp_gathers_its_keys_and_the_ranks_agree(tmp_path):
+    """task="self_supervised" with a MoCoV2 student on two ranks: each step's keys of both ranks join the queue
+    (lightly's gather), so the queues, the matchings and the weights are the same on every rank."""
+    pytest.importorskip("lightly")
+    from torch.utils.data import TensorDataset
+
+    from mgd_lightning.models import MoCoV2, build_model
+
+    torch.manual_seed(0)
+    teacher = build_model("cifar_resnet", num_classes=10, arch_args={"depth": 8, "width": 2})
+    student = MoCoV2(build_model("cifar_resnet", num_classes=10, arch_args={"depth": 8, "width": 1}), queue_size=64)
+    module = DistillationModule(teacher, student, task="self_supervised", input_size=(3, 16, 16), loss_factor=1e3)
+    views = TensorDataset(torch.randn(64, 3, 16, 16), torch.randn(64, 3, 16, 16))
+    out = tmp_path / "ddp"
+    out.mkdir()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=1, limit_train_batches=2, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[MGDMatchingCallback(update_epochs="official_unsup", num_samples=32), _QueueRecorder(out)],
+    )
+    trainer.fit(module, DataLoader(views, batch_size=4))
+    r0, r1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert r0["ptr"] == r1["ptr"] == 2 * 2 * 4  # 2 steps x 2 ranks x 4 keys
+    assert torch.equal(r0["queue"], r1["queue"]) and torch.equal(r0["encoder"], r1["encoder"])
+    for a, b in zip(r0["matchings"], r1["matchings"]):
+        assert torch.equal(a, b)
