@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -25,6 +24,8 @@ from mgd_lightning.distill.classifier import ClassificationModule
 from mgd_lightning.distill.module import DistillationModule
 from mgd_lightning.models import build_model
 from mgd_lightning.plotting import plot_matching
+
+from .timing import timed_fit
 
 __all__ = ["STUDENT", "TEACHER", "run_demo"]
 
@@ -73,11 +74,7 @@ def _trainer(args, name: str, epochs: int, callbacks=()) -> pl.Trainer:
 
 
 def _fit(args, name: str, module: pl.LightningModule, dm, epochs: int, callbacks=()) -> dict:
-    start = time.perf_counter()
-    trainer = _trainer(args, name, epochs, callbacks)
-    trainer.fit(module, datamodule=dm)
-    wall = time.perf_counter() - start
-    result = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    result, wall = timed_fit(_trainer(args, name, epochs, callbacks), module, dm)
     return {"name": name, "top1_err": 100.0 * (1.0 - result["val/acc1"]), "wall_s": wall}
 
 

@@ -51,6 +51,8 @@ from mgd_lightning.distill.module import DistillationModule
 from mgd_lightning.models import build_detector
 from mgd_lightning.plotting import plot_matching
 
+from .timing import timed_fit
+
 __all__ = ["FPN_CHANNELS", "STUDENT", "TEACHER", "anchor_sizes", "run_demo"]
 
 log = logging.getLogger(__name__)
@@ -90,11 +92,7 @@ def _trainer(args, name: str, steps: int, callbacks=()) -> pl.Trainer:
 
 
 def _fit(args, name: str, module: pl.LightningModule, dm, steps: int, callbacks=()) -> dict:
-    start = time.perf_counter()
-    trainer = _trainer(args, name, steps, callbacks)
-    trainer.fit(module, datamodule=dm)
-    wall = time.perf_counter() - start
-    result = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    result, wall = timed_fit(_trainer(args, name, steps, callbacks), module, dm)
     row = {"name": name, "steps": steps, "wall_s": wall}
     row.update({key: 100.0 * float(result[f"val/{key}"]) for key in ("map", "map_50", "map_75")})
     return row
