@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test test-backends docs lint bench demo demo-detection study transfer imagenet-transfer unsup fashion-mnist clean
+.PHONY: install test test-backends docs lint bench demo demo-detection study transfer imagenet-transfer unsup vit fashion-mnist clean
 
 $(STAMP): setup.py setup.cfg requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -109,6 +109,13 @@ imagenet-transfer: $(STAMP) fashion-mnist
 UNSUP_ARGS ?= --setting unsup-cpu
 unsup: $(STAMP) fashion-mnist
 	$(VENV)/bin/mgd-lightning study $(UNSUP_ARGS)
+
+# The vision-transformer study (results/vit-cpu: MGD with no learned projector between a CNN and a ViT, both ways:
+# CNN -> ViT against KD and FitNets' learned projector, ViT -> CNN with no margin and the estimated margin; a premise
+# check first; about 90 min on 2 CPU cores from a fresh clone; resumable). VIT_ARGS="--setting vit-gpu" on a GPU.
+VIT_ARGS ?= --setting vit-cpu
+vit: $(STAMP) fashion-mnist
+	$(VENV)/bin/mgd-lightning study $(VIT_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/solver.py

@@ -1,6 +1,6 @@
 """``mgd-lightning study``: the paper's comparisons at a scale this machine runs, on real data (Fashion-MNIST).
 
-Two studies (:mod:`mgd_lightning.experiments`), chosen by the setting:
+The studies (:mod:`mgd_lightning.experiments`), chosen by the setting:
 
 * from scratch (``--setting cpu`` / ``gpu`` / ``smoke``; results/study-<setting>): the paper's Tables 1-2, 5 and
   Fig. 4: students trained from random weights with every distiller, reduction and update period;
@@ -12,7 +12,10 @@ Two studies (:mod:`mgd_lightning.experiments`), chosen by the setting:
   after a premise check (fine-tuning must beat training from scratch by 10 points, ``premise.json``);
 * unsupervised (``--setting unsup-cpu`` / ``-gpu`` / ``-smoke``; results/<setting>): the official ``unsup/`` code's
   question, MGD without labels: a MoCo-v2 teacher, students pre-trained by MoCo-v2, MoCo-v2 + MGD-AMP and MGD-AMP
-  alone, evaluated by linear probe and fine-tuning on 10 / 100 labels per class, after a premise check.
+  alone, evaluated by linear probe and fine-tuning on 10 / 100 labels per class, after a premise check;
+* vision transformers (``--setting vit-cpu`` / ``-gpu`` / ``-smoke``; results/<setting>): MGD with no learned
+  projector between a CNN and a ViT, both ways (CNN -> ViT against KD and FitNets' learned projector; ViT -> CNN with
+  no margin and with the estimated margin), after a premise check (each teacher beats its student alone).
 
 Each writes under ``--out``:
 
@@ -42,13 +45,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mgd_lightning.experiments import imagenet_transfer, scratch, transfer, unsupervised
+from mgd_lightning.experiments import imagenet_transfer, scratch, transfer, transformers, unsupervised
 from mgd_lightning.experiments.study import PremiseError, Study, report_finished, run_study
 
 __all__ = ["STUDIES", "main", "study_of"]
 
 #: every study, each with its settings (setting names are unique across studies)
-STUDIES: tuple[Study, ...] = (scratch.STUDY, transfer.STUDY, imagenet_transfer.STUDY, unsupervised.STUDY)
+STUDIES: tuple[Study, ...] = (scratch.STUDY, transfer.STUDY, imagenet_transfer.STUDY, unsupervised.STUDY,
+                              transformers.STUDY)
 
 
 def study_of(setting_name: str) -> Study:
@@ -67,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="cpu: from scratch, 2 CPU cores, about 90-115 min (default); gpu: whole training set, "
                              "30 epochs, 5 seeds; transfer-cpu: pre-trained students on 30 images per class, "
                              "about 40 min; imagenet-transfer-cpu: ImageNet EfficientNet-Lite2 -> Lite0 on 10 "
-                             "images per class; the -gpu settings; smoke, transfer-smoke, imagenet-transfer-smoke: "
+                             "images per class; unsup-cpu: without labels; vit-cpu: CNN <-> ViT, about 90 min; the "
+                             "-gpu settings; smoke, transfer-smoke, imagenet-transfer-smoke, unsup-smoke, vit-smoke: "
                              "seconds")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: results/study-<setting>, results/<setting> for transfer)")
@@ -77,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"a subset of the study's rows; from scratch: {' '.join(scratch.ROWS)}; "
                              f"transfer: {' '.join(transfer.ROWS)}; "
                              f"imagenet transfer: {' '.join(imagenet_transfer.ROWS)}; "
-                             f"unsupervised: {' '.join(unsupervised.ROWS)}")
+                             f"unsupervised: {' '.join(unsupervised.ROWS)}; "
+                             f"vision transformers: {' '.join(transformers.ROWS)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the setting's)")
     parser.add_argument("--epochs", type=int, default=None, help="student epochs (milestones scale with it)")
     parser.add_argument("--jobs", type=int, default=None, help="runs at a time (processes)")

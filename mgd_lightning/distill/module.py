@@ -38,7 +38,8 @@ writes the teacher as before; checkpoints holding it (also older ones) load as b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -46,6 +47,7 @@ import torch.nn as nn
 
 from mgd_lightning.distillers import FEATURE_DISTILLERS
 from mgd_lightning.losses import kd_loss, partial_l2
+from mgd_lightning.margin_estimate import margin_from_statistics, margin_statistics
 from mgd_lightning.matching import balanced_assignment, contiguous_groups, sparse_assignment
 from mgd_lightning.reduction import reduce_teacher_and_margin
 from mgd_lightning.tasks import Task
@@ -67,6 +69,8 @@ from .taps import FeatureTaps, Tap
 from .teacher import TeacherMismatchError, freeze_teacher, restore_teacher, strip_teacher
 
 __all__ = ["DistillationModule", "NonFiniteLossError", "TeacherMismatchError"]
+
+log = logging.getLogger(__name__)
 
 
 class DistillationModule(ClassificationModule):
@@ -312,7 +316,22 @@ class DistillationModule(ClassificationModule):
         super().on_load_checkpoint(checkpoint)
         self._resume_rng_states = checkpoint.get("rng_states")
         if checkpoint.get("state_dict") is not None:
+            self._take_estimated_margins(checkpoint["state_dict"])
             restore_teacher(checkpoint, self.teacher, self.state_dict(), self._teacher_margins)
+
+    def _take_estimated_margins(self, state: dict[str, torch.Tensor]) -> None:
+        """Size this module's margin buffers to a checkpoint's estimated margins (:meth:`estimate_margins`): a saved
+        ``(C_T,)`` margin where this module has none (``(0,)``: a tap without a BatchNorm, whose margin is not
+        recomputed from the teacher) makes the buffer ``(C_T,)``, so that the strict load that follows takes the
+        saved values. Any other shape is left to :func:`~mgd_lightning.distill.teacher.restore_teacher`'s check."""
+        for k in range(self.num_taps):
+            if self._margin_bn_names[k] is not None:
+                continue
+            c_t = self.tap_shapes[k][1]
+            for owner, prefix in self._margin_owners():
+                saved, own = state.get(f"{prefix}margin_{k}"), getattr(owner, f"margin_{k}")
+                if saved is not None and tuple(saved.shape) == (c_t,) and not own.numel():
+                    setattr(owner, f"margin_{k}", torch.zeros(c_t, dtype=own.dtype, device=own.device))
 
     # ------------------------------------------------------------------ state
     def train(self, mode: bool = True):
@@ -340,6 +359,78 @@ class DistillationModule(ClassificationModule):
         for k in range(self.num_taps):
             m = getattr(self, f"margin_{k}")
             out.append(m if m.numel() else None)
+        return out
+
+    def _margin_owners(self) -> list[tuple[nn.Module, str]]:
+        """The modules holding margin buffers ``margin_k`` and their state_dict prefixes: this module, and a feature
+        distiller's copy (OFD's margin ReLU)."""
+        owners: list[tuple[nn.Module, str]] = [(self, "")]
+        if self.feature_distiller is not None and hasattr(self.feature_distiller, "margin_0"):
+            owners.append((self.feature_distiller, "feature_distiller."))
+        return owners
+
+    def estimate_margins(self, batches: Iterable[Any], taps: Sequence[int] | None = None,
+                         threshold: float = 1e-3) -> list[torch.Tensor]:
+        """Estimate the margins (Eq. 4) of teacher taps without a BatchNorm (token taps: a LayerNorm network) from
+        the teacher's features over ``batches``, and use them from now on (opt-in).
+
+        By default such taps get no margin (the plain partial L2 on the reduced teacher). This measures, per teacher
+        channel, the mean of its negative responses ``E[x | x < 0]`` (or ``-3 * std`` where at most ``threshold`` of
+        them are negative; :mod:`mgd_lightning.margin_estimate`) on the tapped maps as the loss sees them (laid out
+        over the grid and resampled to the student's), and stores it in the ``margin_k`` buffers (and a feature
+        distiller's copies): checkpoints hold the estimates, and loading one restores them (a lean checkpoint's
+        margins are recomputed only for BatchNorm taps). Call it before ``fit``, with the same batches on every
+        process under DDP.
+
+        Args:
+            batches: an iterable of batches as the training loader gives them (``(x, y)``, ``x``, a dict), e.g. a
+                DataLoader over (a subset of) the training images; the teacher runs on each in eval mode, without
+                gradients. Statistics are summed over all of them (``5 * C_T`` numbers per tap).
+            taps: the tap indices to estimate (default: every tap without a BatchNorm before it); a tap with a
+                BatchNorm is an error (its margin comes from the BatchNorm, and a lean checkpoint's load would
+                recompute it).
+            threshold: see :func:`~mgd_lightning.margin_estimate.margin_from_statistics`.
+
+        Returns:
+            The estimated ``(C_T,)`` margins of the chosen taps, in order (``[]`` when no tap lacks a BatchNorm).
+
+        Raises:
+            ValueError: a tap index out of range or of a tap with a BatchNorm, or no batches.
+        """
+        no_bn = [k for k in range(self.num_taps) if self._margin_bn_names[k] is None]
+        chosen = no_bn if taps is None else [int(k) for k in taps]
+        bad = [k for k in chosen if not 0 <= k < self.num_taps]
+        if bad:
+            raise ValueError(f"taps {bad} out of range: this module has {self.num_taps} tap pairs (0 to "
+                             f"{self.num_taps - 1})")
+        with_bn = [k for k in chosen if self._margin_bn_names[k] is not None]
+        if with_bn:
+            raise ValueError(f"taps {with_bn} have a BatchNorm before them (their margins are its closed form, "
+                             f"Eq. 4); estimate_margins is for taps without one: {no_bn}")
+        if not chosen:
+            return []
+        root, stats, images = self.task.tap_root(self.teacher), None, 0
+        self.teacher.eval()
+        with torch.no_grad():
+            for batch in batches:
+                x = self.task.split(batch)[0]
+                if isinstance(x, (list, tuple)):  # views (self-supervised): the teacher sees the first
+                    x = x[0]
+                root(x.to(self.device))
+                images += x.shape[0]
+                feats = self.teacher_taps.features
+                batch_stats = [margin_statistics(feats[k]) for k in chosen]
+                stats = batch_stats if stats is None else [a + b for a, b in zip(stats, batch_stats)]
+        if stats is None:
+            raise ValueError("estimate_margins: batches is empty (give it e.g. a DataLoader over training images)")
+        out = []
+        for k, s in zip(chosen, stats):
+            margin = margin_from_statistics(s, threshold)
+            for owner, _ in self._margin_owners():
+                own = getattr(owner, f"margin_{k}")
+                setattr(owner, f"margin_{k}", margin.to(device=own.device, dtype=own.dtype, copy=True))
+            out.append(getattr(self, f"margin_{k}"))
+        log.info("margins (Eq. 4) of teacher taps %s estimated from their features on %d images", chosen, images)
         return out
 
     def set_matching(self, k: int, groups: torch.Tensor) -> None:

@@ -46,7 +46,8 @@ def tap_margins(bns: Sequence[nn.Module | None], teacher_taps: Sequence[Tap]) ->
     A transformer's token taps (``Tap.layout`` ``"tokens"`` / ``"nhwc"``: LayerNorm + GELU, no BatchNorm before a
     ReLU) have no margin by design: the teacher target is the plain reduced teacher under the partial L2 (Eq. 5),
     said once for all of them at info level (no warning). An estimated margin is opt-in
-    (:func:`mgd_lightning.margin_estimate.estimate_margin`)."""
+    (:meth:`DistillationModule.estimate_margins <mgd_lightning.DistillationModule.estimate_margins>`,
+    :func:`mgd_lightning.margin_estimate.estimate_margin`)."""
     margins = []
     token_taps = []
     for tap, bn in zip(teacher_taps, bns):
