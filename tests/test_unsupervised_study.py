@@ -45,6 +45,18 @@ def test_rows_are_every_method_by_every_evaluation_and_the_claims_pair_within_on
     assert un.SETTINGS["unsup-cpu"].update_epochs == "official_unsup"
 
 
+def test_rows_without_a_top5_error_aggregate_over_seeds():
+    """The runs record top-5 as NaN (not measured): the table of several seeds still aggregates (a NaN made
+    statistics.stdev raise at the end of the first full run, after every run had finished)."""
+    from mgd_lightning.experiments.reports import aggregate
+
+    runs = [{"row": "moco_probe", "seed": s, "top1_err": e, "top5_err": float("nan"), "wall_s": 1.0,
+             "trainable_params": 1, "matching_updates": 0} for s, e in ((0, 20.0), (1, 22.0))]
+    (row,) = aggregate(runs, ["moco_probe"], un.STUDY.label)
+    assert row["top1_err_mean"] == pytest.approx(21.0) and row["top1_err_std"] == pytest.approx(2 ** 0.5)
+    assert row["top5_err_mean"] != row["top5_err_mean"] and row["top5_err_std"] is None
+
+
 def test_premise_needs_both_leads():
     teacher = {"probe_top1_err": 10.0}
     assert un.check_premise(teacher, random_err=20.0, moco_err=15.0, gap=1.0)["met"]

@@ -19,7 +19,10 @@ __all__ = ["SCHEDULING_FIELDS", "aggregate", "check_same_setting", "environment"
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and sample std of ``values``; the std is ``None`` for one value."""
+    """Mean and sample std of ``values``; the std is ``None`` for one value; NaN and ``None`` for values with a NaN
+    (a metric a study does not measure, e.g. top-5 error with 10 classes)."""
+    if any(math.isnan(v) for v in values):
+        return float("nan"), None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
