@@ -168,7 +168,7 @@ def _teacher_files(setting: VitSetting, out: Path) -> list[Path]:
 
 def use_adamw(module, lr: float, weight_decay: float):
     """Train ``module`` (a :class:`~mgd_lightning.distill.classifier.ClassificationModule` or
-    :class:`~mgd_lightning.DistillationModule`) with AdamW over its :meth:`trainable_modules` (the student, MGD's tap
+    :class:`~mgd_lightning.DistillationModule`) with AdamW over its ``trainable_modules()`` (the student, MGD's tap
     norms, FitNets' regressor; no weight decay on norm layers), a linear warm-up over the first epoch's steps, then a
     cosine decay per step: the usual recipe of a ViT trained from scratch (with SGD the ViTs barely trained here: the
     ViT student alone 69 % top-1 error after 6 epochs on 4,000 images, the ViT teacher 54 % after 3 on 12,000).

@@ -447,6 +447,9 @@ NOTES = f"""Notes on the design (what a reader comparing with the official code 
   those weights. The linear probe is MAE's (a BatchNorm without affine before the linear layer, which makes one
   learning rate fit every encoder; MoCo's own probe uses lr 30 without it), trained on the frozen encoder's
   features of the labelled training images; fine-tuning trains the whole network (new head) with pad-and-crop.
+- In the table, "trained params" are those the pre-training trained (the encoder with MoCo's projector, or with
+  MGD's tap BatchNorms; 0 for the untrained rows) and "wall time / run" is the evaluation's; each pre-training's
+  time is `pretrain_s` in the run records (`pretrained/<method>_seed<k>.json`).
 - Ties within {TIE_MARGIN} points are not claimed here; "better" is tested on paired differences, Holm-adjusted over
   all the comparisons of this study (the premise rows included).
 """
@@ -505,7 +508,7 @@ def _extra_report(results: list[dict[str, Any]], rows: list[dict[str, Any]], set
     fig.tight_layout()
     fig.savefig(out / "by_evaluation.png", dpi=120)
     plt.close(fig)
-    return ["", "![top-1 error per pre-training method and evaluation](by_evaluation.png)"]
+    return ["", "Plot: `by_evaluation.png`, each method's top-1 error per evaluation (every seed, mean ± std)."]
 
 
 STUDY = Study(
