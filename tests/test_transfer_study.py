@@ -15,6 +15,7 @@ import mgd_lightning.commands.study as study_cli
 from mgd_lightning.data import FashionMNISTDataModule
 from mgd_lightning.data.fashion_mnist import per_class_indices
 from mgd_lightning.experiments import transfer
+from mgd_lightning.models.heads import head_name
 from tests.committed_results import (
     check_committed_study,
     docs_page_problems,
@@ -66,7 +67,7 @@ def test_load_backbone_keeps_a_new_head():
     head = target[2].weight.detach().clone()
     transfer.load_backbone(target, source.state_dict())
     assert torch.equal(target[0].weight, source[0].weight) and torch.equal(target[2].weight, head)
-    assert transfer.classifier_name(target) == "2"
+    assert head_name(target) == "2"
     with pytest.raises(ValueError, match="pre-trained weights do not fit"):
         transfer.load_backbone(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Linear(4, 5)), source.state_dict())
 

@@ -74,6 +74,15 @@ def decay_param_groups(
     return [g for g in groups if g["params"]]
 
 
+def _linear_warmup(t: int, warmup: int, factor: float) -> float:
+    """The linear warm-up factor at epoch (or step) ``t``: ``factor * (1 - t / warmup) + t / warmup`` while
+    ``t < warmup``, then 1 (the reference ``WarmupMultiStepLR``'s, and the official unsupervised code's)."""
+    if t >= warmup:
+        return 1.0
+    alpha = t / warmup
+    return factor * (1 - alpha) + alpha
+
+
 class _WarmupMultiStepFactor:
     """``lr_lambda`` of :class:`WarmupMultiStepLR` (a class, so the scheduler's state_dict can hold it)."""
 
@@ -84,10 +93,7 @@ class _WarmupMultiStepFactor:
         self.warmup_factor = float(warmup_factor)
 
     def __call__(self, epoch: int) -> float:
-        warmup = 1.0
-        if epoch < self.warmup_epochs:
-            alpha = epoch / self.warmup_epochs
-            warmup = self.warmup_factor * (1 - alpha) + alpha
+        warmup = _linear_warmup(epoch, self.warmup_epochs, self.warmup_factor)
         return warmup * self.gamma ** bisect_right(self.milestones, epoch)
 
 
@@ -102,8 +108,7 @@ class _CosineFactor:
 
     def __call__(self, t: int) -> float:
         if t < self.warmup:
-            alpha = t / self.warmup
-            return self.warmup_factor * (1 - alpha) + alpha
+            return _linear_warmup(t, self.warmup, self.warmup_factor)
         return 0.5 * (1.0 + math.cos(math.pi * min(t, self.total) / self.total))
 
 
@@ -496,21 +501,18 @@ class ClassificationModule(pl.LightningModule):
             weight_decay=hp.weight_decay,
         )
         interval = hp.get("lr_interval", "epoch")
+        warmup = self.warmup_epochs if interval == "epoch" else int(hp.get("warmup_steps", 0))
+        warmup_factor = hp.get("warmup_factor", WARMUP_START_FACTOR)
+        scheduler: torch.optim.lr_scheduler.LRScheduler
         if hp.get("lr_schedule", "step") == "cosine":
             total = self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches
             if total is None or total < 1 or total == float("inf"):
                 raise ValueError(f"lr_schedule='cosine' needs a finite length: give the Trainer max_epochs "
                                  f"(lr_interval={interval!r}); got {total}")
-            warm = self.warmup_epochs if interval == "epoch" else int(hp.get("warmup_steps", 0))
-            factor = _CosineFactor(int(total), warm, hp.get("warmup_factor", WARMUP_START_FACTOR))
-            cosine = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": interval}}
-        warmup = self.warmup_epochs if interval == "epoch" else int(hp.get("warmup_steps", 0))
-        if warmup:
-            scheduler: torch.optim.lr_scheduler.LRScheduler = WarmupMultiStepLR(
-                optimizer, list(hp.lr_milestones), gamma=hp.lr_gamma, warmup_epochs=warmup,
-                warmup_factor=hp.get("warmup_factor", WARMUP_START_FACTOR),
-            )
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _CosineFactor(int(total), warmup, warmup_factor))
+        elif warmup:
+            scheduler = WarmupMultiStepLR(optimizer, list(hp.lr_milestones), gamma=hp.lr_gamma, warmup_epochs=warmup,
+                                          warmup_factor=warmup_factor)
         else:
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(hp.lr_milestones), gamma=hp.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

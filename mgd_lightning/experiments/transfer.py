@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from mgd_lightning.distillers import KD_RECIPES
+from mgd_lightning.models.heads import head_name
 
 from .claims import paired, t_interval
 from .records import load_json, plus_minus, write_json_atomic
@@ -164,17 +165,9 @@ def _files(setting: TransferSetting, out: Path) -> list[Path]:
     return files
 
 
-def classifier_name(model: nn.Module) -> str:
-    """The name of ``model``'s last ``nn.Linear`` (its classifier head)."""
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier head to replace")
-    return names[-1]
-
-
 def load_backbone(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """Load ``state`` into ``model`` except its classifier head (kept as initialised: a new head for the target)."""
-    head = classifier_name(model) + "."
+    head = head_name(model) + "."
     try:
         missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head)},
                                                     strict=False)

@@ -15,8 +15,8 @@ def head_name(model: nn.Module) -> str:
     """The name of ``model``'s last ``nn.Linear`` (its classifier head); ``ValueError`` when it has none."""
     names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier head (a network whose last layer "
-                         "is an nn.Linear is needed to take its pooled features)")
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier head (its last nn.Linear is taken "
+                         "as the head: to replace it, or to take the pooled features before it)")
     return names[-1]
 
 

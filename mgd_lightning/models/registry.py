@@ -50,6 +50,7 @@ from mgd_lightning.checkpoints import check_checkpoint_file
 
 from .cifarresnet import cifar_resnet, resnet56
 from .efficientnet_lite import LITE_VARIANTS, efficientnet_lite
+from .heads import head_name, replace_head
 from .mobilenetv1 import mobilenet_v1
 from .mobilenetv2_mgd import mobilenet_v2_mgd
 from .moco import MOCO, moco_encoder_state
@@ -114,11 +115,9 @@ def weights_path(url: str) -> Path:
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
-    name, head = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-    if head.out_features == num_classes:
-        return
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    setattr(parent, name.rpartition(".")[2], nn.Linear(head.in_features, num_classes))
+    head = model.get_submodule(head_name(model))
+    if head.out_features != num_classes:
+        replace_head(model, nn.Linear(head.in_features, num_classes))
 
 
 def _load_checkpoint(model: nn.Module, checkpoint: str, prefix: str) -> None:
