@@ -218,7 +218,11 @@ def test_study_end_to_end_resumes_and_a_failed_premise_stops_it(tmp_path, fashio
     assert margin["matching_updates"] == 1 and margin["pair"] == "vit_cnn" and margin["teacher"] == "vit_teacher"
     assert margin["optimizer"].startswith("SGD")  # the CNN student: SGD; the ViTs: AdamW
     assert json.loads((out / "runs" / "vit_mgd" / "seed0" / "result.json").read_text())["optimizer"].startswith("AdamW")
-    assert json.loads((out / "teachers" / "vit_teacher.json").read_text())["optimizer"].startswith("AdamW")
+    vit_teacher = json.loads((out / "teachers" / "vit_teacher.json").read_text())
+    assert vit_teacher["optimizer"].startswith("AdamW")
+    smoke = tr.SETTINGS["vit-smoke"]  # each teacher sized by its own fields
+    assert vit_teacher["train_images"] == smoke.vit_teacher_train_images != smoke.teacher_train_images
+    assert json.loads((out / "teachers" / "cnn_teacher.json").read_text())["train_images"] == smoke.teacher_train_images
     plain = json.loads((out / "runs" / "cnn_mgd" / "seed0" / "result.json").read_text())
     assert plain["estimated_margin_means"] is None and plain["weights_digest"] != margin["weights_digest"]
     assert json.loads((out / "environment.json").read_text())["study"] == "transformers"
