@@ -124,6 +124,13 @@ def test_a_missing_config_is_a_one_line_error(tmp_path):
     assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
 
 
+def test_compare_is_a_subcommand_of_mgd_lightning(tmp_path):
+    from mgd_lightning.commands.main import main
+
+    with pytest.raises(SystemExit, match=r"^mgd-lightning compare: error: --configs 'missing\.yaml': no such file"):
+        main(["compare", "--configs", "missing.yaml", "--out", str(tmp_path / "out")])
+
+
 def test_configs_with_the_same_name_are_a_one_line_error(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

@@ -1,6 +1,6 @@
 """Compare configs over seeds: train each, evaluate its best checkpoint, aggregate mean ± std (paper Table 1: 5 runs).
 
-    python -m mgd_lightning.commands.compare --configs configs/cifar100/mgd_amp_wrn_16_2.yaml \\
+    mgd-lightning compare --configs configs/cifar100/mgd_amp_wrn_16_2.yaml \\
         configs/cifar100/ofd_wrn_16_2.yaml configs/cifar100/kd_wrn_16_2.yaml \\
         --seeds 0 1 2 3 4 --out results/compare --extra-args --data.init_args.root /data/cifar
 
@@ -213,7 +213,7 @@ def markdown(rows: list[dict[str, Any]], stage: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mgd_lightning.commands.compare", description=__doc__,
+        prog="mgd-lightning compare", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--configs", nargs="+", required=True, help="YAML configs of mgd-lightning fit")
@@ -234,14 +234,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     missing = [c for c in args.configs if not Path(c).is_file()]
     if missing:
-        raise SystemExit(f"python -m mgd_lightning.commands.compare: error: --configs {missing[0]!r}: no such file"
+        raise SystemExit(f"mgd-lightning compare: error: --configs {missing[0]!r}: no such file"
                          + (f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""))
     out: Path = args.out
     try:
         names = method_names(args.configs)
         check_same_setting(out, args.configs, names, args.seeds, args.extra_args, args.stage)
     except ValueError as err:
-        raise SystemExit(f"python -m mgd_lightning.commands.compare: error: {err}") from None
+        raise SystemExit(f"mgd-lightning compare: error: {err}") from None
     out.mkdir(parents=True, exist_ok=True)
     results, jobs = [], []
     for config, name in zip(args.configs, names):

@@ -6,9 +6,11 @@
     mgd-lightning taps resnet50 --student efficientnet_b0 [--input-size 3 224 224]
     mgd-lightning demo
     mgd-lightning study [--setting cpu|gpu]
+    mgd-lightning compare --configs A.yaml B.yaml --seeds 0 1 2 --out runs/compare
 
-``demo``, ``study``, ``export`` and ``taps`` go to their modules (imported only when asked for); everything else is
-the LightningCLI's (:mod:`mgd_lightning.commands.cli`: ``fit`` / ``validate`` / ``test`` / ``predict``, ``--help``).
+``demo``, ``study``, ``compare``, ``export`` and ``taps`` go to their modules (imported only when asked for);
+everything else is the LightningCLI's (:mod:`mgd_lightning.commands.cli`: ``fit`` / ``validate`` / ``test`` /
+``predict``, ``--help``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = ["SUBCOMMANDS", "main"]
 SUBCOMMANDS: dict[str, str] = {
     "demo": "mgd_lightning.commands.demo",
     "study": "mgd_lightning.commands.study",
+    "compare": "mgd_lightning.commands.compare",
     "export": "mgd_lightning.commands.export",
     "taps": "mgd_lightning.commands.taps",
 }
