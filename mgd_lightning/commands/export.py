@@ -14,7 +14,8 @@ Formats:
   PyTorch network on a random input (``allclose``; the maximum absolute difference is printed).
 * ``onnx``: ``torch.onnx.export`` (PyTorch's ``torch.export``-based exporter, batch size dynamic), one
   self-contained file (the weights inside it, no ``.data`` file beside it); needs the ``onnx`` and ``onnxscript``
-  packages (``pip install onnx onnxscript``); compared like TorchScript when ``onnxruntime`` is installed.
+  packages (``pip install "mgd-lightning[onnx]"``); compared like TorchScript when ``onnxruntime`` is installed
+  (the extra has it).
 
 Detectors (``task: detection`` configs) are exported as ``state_dict`` only; ``torchscript`` and ``onnx`` are
 refused (their outputs are lists of box dicts).
