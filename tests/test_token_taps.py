@@ -348,3 +348,20 @@ def test_mgd_swin_to_cnn_pairs_by_size():
 def test_contiguous_groups_is_the_initial_matching():
     # the matching the end-to-end tests start from (what "changed" compares against)
     assert torch.equal(contiguous_groups(16, 64)[0], torch.arange(4))
+
+
+def test_the_taps_command_says_which_teacher_maps_are_resampled_and_from_what():
+    from mgd_lightning.commands.taps import describe_taps
+
+    text = describe_taps("timm/vit_tiny_patch16_224", student="resnet18")  # 14 x 14 tokens vs 56 / 28 / 14 / 7 px
+    pairs = text.split("pairs (")[1]
+    assert pairs.startswith("in order, the last of each side; teacher maps resampled to the student's grid")
+    rows = [line.split() for line in pairs.splitlines()[3:7]]
+    assert [r[1] for r in rows] == ["blocks.2", "blocks.5", "blocks.8", "blocks.11"]
+    assert [r[2:5] for r in rows] == [["(192,", "56,", "56)"], ["(192,", "28,", "28)"], ["(192,", "14,", "14)"],
+                                      ["(192,", "7,", "7)"]]
+    assert "resampled from 14 x 14" in pairs.splitlines()[3] and "resampled" not in pairs.splitlines()[5]
+    assert "C_T < C_S" in pairs.splitlines()[6]
+    # two CNNs keep their pairing by size, no resampling
+    cnns = describe_taps("resnet50", (3, 64, 64), student="mobilenet_v3_small")
+    assert "(paired by spatial size)" in cnns and "resampled" not in cnns

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch.nn as nn
 
@@ -85,17 +86,23 @@ def describe_taps(name: str, input_size: Sequence[int] | None = None, student: s
         (teacher, t_taps), (stud, s_taps) = built["teacher"], built["student"]
         if preset_taps(teacher) is None or preset_taps(stud) is None:
             t_taps, s_taps = pair_by_size(teacher, t_taps, stud, s_taps, size)
-            how = "paired by spatial size"
+            how = ("in order, the last of each side; teacher maps resampled to the student's grid"
+                   if any(t.resample is not None for t in t_taps) else "paired by spatial size")
         else:
             n = min(len(t_taps), len(s_taps))
             t_taps, s_taps = t_taps[len(t_taps) - n:], s_taps[len(s_taps) - n:]
             how = "presets: the earliest taps of the longer list dropped"
         t_shapes, s_shapes = tap_shapes(teacher, t_taps, size), tap_shapes(stud, s_taps, size)
         rows = []
-        for k, (tt, st, ts, ss) in enumerate(zip(t_taps, s_taps, t_shapes, s_shapes)):
+        tapped = tap_shapes(teacher, [replace(t, resample=None) for t in t_taps], size)
+        for k, (tt, st, ts, ss, own) in enumerate(zip(t_taps, s_taps, t_shapes, s_shapes, tapped)):
             alpha = ts[1] // ss[1]
-            note = "" if ts[2:] == ss[2:] and alpha >= 1 else (
-                "C_T < C_S: MGD needs C_T >= C_S" if ts[2:] == ss[2:] else "spatial sizes differ")
+            notes = [f"resampled from {own[2]} x {own[3]}"] if own[2:] != ts[2:] else []
+            if ts[2:] != ss[2:]:
+                notes.append("spatial sizes differ")
+            elif alpha < 1:
+                notes.append("C_T < C_S: MGD needs C_T >= C_S")
+            note = "; ".join(notes)
             rows.append([str(k), _tap_name(tt), str(tuple(ts[1:])), _tap_name(st), str(tuple(ss[1:])), str(alpha),
                          note])
         out.append(f"pairs ({how}):")
