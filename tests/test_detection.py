@@ -209,6 +209,14 @@ def test_teacher_and_student_must_normalise_alike(nets):
         DistillationModule(nets[0], other, task="detection", input_size=(3, 64, 64))
 
 
+def test_estimate_margins_is_a_clear_error_for_detection(nets):
+    module = _module(nets)
+    before = [None if m is None else m.clone() for m in module.margins]
+    with pytest.raises(ValueError, match=r"estimate_margins supports the classification and self-supervised tasks"):
+        module.estimate_margins([[torch.rand(3, 64, 64)]])
+    assert all(a is b is None or torch.equal(a, b) for a, b in zip(module.margins, before))
+
+
 def test_detection_has_no_logits_for_kd(nets):
     with pytest.raises(ValueError, match=r"task='detection' has no class logits.*kd_weight=1.0"):
         DistillationModule(nets[0], nets[1], task="detection", kd_weight=1.0, input_size=(3, 64, 64))

@@ -149,6 +149,8 @@ def test_rows_settings_and_claims_are_the_issues():
     assert rows["vit_fitnets"].module == {"distiller": "fitnets"}  # the learned projector
     assert rows["cnn_mgd_margin"].estimate_margin and not rows["cnn_mgd"].estimate_margin
     assert rows["cnn_mgd_margin"].module == rows["cnn_mgd"].module  # one change: the margin
+    kd = {k: v for k, v in rows["vit_mgd_kd"].module.items() if k not in ("distiller", "reducer")}
+    assert kd == {k: v for k, v in rows["vit_kd"].module.items() if k != "distiller"}  # one change: MGD's loss
     assert all(r.module is None for n, r in rows.items() if n.endswith("_alone"))
     assert tr.MODELS["vit_student"]["name"].startswith("timm/") and tr.MODELS["cnn_student"]["name"] == "cifar_resnet"
     cpu = tr.SETTINGS["vit-cpu"]

@@ -395,8 +395,12 @@ class DistillationModule(ClassificationModule):
             The estimated ``(C_T,)`` margins of the chosen taps, in order (``[]`` when no tap lacks a BatchNorm).
 
         Raises:
-            ValueError: a tap index out of range or of a tap with a BatchNorm, or no batches.
+            ValueError: a tap index out of range or of a tap with a BatchNorm, no batches, or a detection task.
         """
+        if self.task.name == "detection":
+            raise ValueError("estimate_margins supports the classification and self-supervised tasks; a detection "
+                             "batch is a list of raw images the detector transforms itself (train without it, or "
+                             "estimate with a classification module over the same teacher)")
         no_bn = [k for k in range(self.num_taps) if self._margin_bn_names[k] is None]
         chosen = no_bn if taps is None else [int(k) for k in taps]
         bad = [k for k in chosen if not 0 <= k < self.num_taps]

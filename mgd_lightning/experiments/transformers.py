@@ -14,14 +14,15 @@ measures it on real data (Fashion-MNIST, the grey channel repeated to 3), studen
   student's 28 / 14 / 7 px stages), student CIFAR ResNet-8 (16 / 32 / 64 channels). Rows: the CNN alone, MGD-AMP with
   no margin (the default for token taps: a LayerNorm network has no BatchNorm to take the margin from) and MGD-AMP
   with the margin estimated from the teacher's features
-  (:meth:`DistillationModule.estimate_margins <mgd_lightning.DistillationModule.estimate_margins>`, over the
-  matching images before training), and KD.
+  (:meth:`DistillationModule.estimate_margins <mgd_lightning.DistillationModule.estimate_margins>`, over the first
+  ``matching_images`` training images, before training), and KD.
 
 Each teacher is trained once (seed 0, labels, more images and epochs than the students). A **premise check** runs
 before the rows: each teacher must beat its student trained alone (seed 0; that run is the row's seed 0) by
 ``premise_gap`` points, else the study stops (``premise.json``): distillation from a teacher no better than the
-student would not test the claims. Within a pair and a seed every row starts from the same student weights and trains
-on the same images; errors are those of the final model on the Fashion-MNIST test images.
+student would not test the claims. Within a pair and a seed every row starts from the same student weights and sees
+the same training images in the same order (the generator is seeded again right before ``fit``); errors are those of
+the final model on the Fashion-MNIST test images.
 """
 
 from __future__ import annotations
@@ -84,14 +85,14 @@ def _mgd(label: str, pair: str, estimate_margin: bool = False, **module: Any) ->
 
 #: name -> row. MGD updates its matching every 2 epochs (reference default) and divides its feature loss by the
 #: setting's ``loss_factor`` (1e3, the reference's factor for small inputs); KD at mdistiller's CIFAR recipe; FitNets
-#: at its distiller's defaults (one hint at the middle tap, x100, through a learned regressor); MGD-AMP + KD with the
-#: MGD reference's T = 1.5, weights 1 / 1.
+#: at its distiller's defaults (one hint at the middle tap, x100, through a learned regressor); MGD-AMP + KD is the KD
+#: row's very recipe (T = 4, CE x0.1, KD x0.9) plus MGD's feature loss, so that against KD it differs by MGD alone.
 ROWS: dict[str, VitRow] = {
     "vit_alone": VitRow("ViT student alone", None, pair="cnn_vit"),
     "vit_kd": VitRow("CNN -> ViT: KD", {"distiller": "kd", **KD_RECIPES["cifar"]}, pair="cnn_vit"),
     "vit_fitnets": VitRow("CNN -> ViT: FitNets (learned projector)", {"distiller": "fitnets"}, pair="cnn_vit"),
     "vit_mgd": _mgd("CNN -> ViT: MGD-AMP", "cnn_vit"),
-    "vit_mgd_kd": _mgd("CNN -> ViT: MGD-AMP + KD", "cnn_vit", kd_weight=1.0),
+    "vit_mgd_kd": _mgd("CNN -> ViT: MGD-AMP + KD (KD's recipe)", "cnn_vit", **KD_RECIPES["cifar"]),
     "cnn_alone": VitRow("CNN student alone", None, pair="vit_cnn"),
     "cnn_kd": VitRow("ViT -> CNN: KD", {"distiller": "kd", **KD_RECIPES["cifar"]}, pair="vit_cnn"),
     "cnn_mgd": _mgd("ViT -> CNN: MGD-AMP, no margin (default)", "vit_cnn"),
@@ -238,7 +239,8 @@ def train_teacher(teacher: str, setting: VitSetting, out: Path, root: str | None
 
 
 def _margin_batches(dm, images: int | None, batch_size: int):
-    """The first ``images`` of the non-augmented training set (the matching images), in batches."""
+    """The first ``images`` of the non-augmented training set, in batches (as many images as a matching pass, not
+    the same ones: the matching draws its random subset per update)."""
     from torch.utils.data import DataLoader, Subset
 
     dm.setup("fit")
@@ -274,6 +276,9 @@ def _train(name: str, seed: int, setting: VitSetting, out: Path, root: str | Non
         estimated = module.estimate_margins(_margin_batches(dm, setting.matching_images, setting.batch_size))
         margins = [round(float(m.mean()), 4) for m in estimated]
     trainer = trainer_for(setting.accelerator, setting.epochs, callbacks)
+    # Building the teacher (distillation rows only) and the margin estimate draw from the global generator: seeded
+    # again here, every row of a pair and seed sees the training images in the same order with the same augmentation
+    pl.seed_everything(seed, verbose=False)
     trainer.fit(module, datamodule=dm)
     result = run_result(name, row, seed, trainer, module, callbacks, start)
     result.update(pair=row.pair, teacher=teacher_name if teacher is not None else None, student=student_name,
@@ -370,7 +375,7 @@ CLAIMS = [
     ("CNN -> ViT: MGD-AMP beats the ViT student alone", "better", [("vit_mgd", "vit_alone")]),
     ("CNN -> ViT: MGD-AMP (no projector) beats FitNets with its learned projector", "better",
      [("vit_mgd", "vit_fitnets")]),
-    ("CNN -> ViT: KD on top of MGD-AMP beats KD", "better", [("vit_mgd_kd", "vit_kd")]),
+    ("CNN -> ViT: MGD-AMP added to KD beats KD (the same KD recipe)", "better", [("vit_mgd_kd", "vit_kd")]),
     ("ViT -> CNN: MGD-AMP beats the CNN student alone", "better", [("cnn_mgd", "cnn_alone")]),
     (f"ViT -> CNN: the estimated margin is as good as no margin (within {TIE_MARGIN} points)", "tie",
      [("cnn_mgd_margin", "cnn_mgd")]),
@@ -381,15 +386,19 @@ NOTES = """Notes on the design:
   average pooling of 28 / 14 px maps to the ViT's 7 x 7; ViT -> CNN: bilinear upsampling of the 7 x 7 token maps to
   28 / 14 px), and the channel matching pairs each student channel with a group of teacher channels (2-to-1 and
   more). FitNets' regressor (1 x 1 conv + BN + ReLU, trained with the student) is the learned projector compared.
-- The ViT student's tap norm is the task's BatchNorm2d over its token maps (as for a CNN); the CNN teacher keeps its
-  BatchNorm margins. The ViT teacher has none: MGD-AMP uses no margin there by default; the "estimated margin" row
-  measures the teacher's `E[x | x < 0]` per channel on the matching images (after resampling, as the loss sees it)
+- The ViT student's tap norm is the task's BatchNorm2d over its token maps (as for a CNN). The CNN teacher keeps its
+  BatchNorm margins, which describe single pixels: after the 28 / 14 -> 7 px average pooling the maps spread less,
+  so the margin ReLU clips less than between two CNNs (as shipped; not measured as a row here). The ViT teacher has
+  no BatchNorm: MGD-AMP uses no margin there by default; the "estimated margin" row measures the teacher's
+  `E[x | x < 0]` per channel on the first `matching_images` training images (after resampling, as the loss sees it)
   before training (`DistillationModule.estimate_margins`).
 - Teachers trained once (seed 0) on more images and epochs than the students; within a pair and a seed every row
-  starts from the same student weights and trains on the same images. The students alone of seed 0 are the premise
-  runs. The CNNs train with SGD (Nesterov, momentum 0.9, step decay), the ViTs with AdamW (weight decay 0.05, a
-  one-epoch warm-up, then a cosine decay per step): with SGD they barely trained at this budget. Every row of a pair
-  has its student's one recipe.
+  starts from the same student weights and sees the same training images in the same order. The students alone of
+  seed 0 are the premise runs. The CNNs train with SGD (Nesterov, momentum 0.9, step decay), the ViTs with AdamW
+  (weight decay 0.05, a one-epoch warm-up, then a cosine decay per step): with SGD they barely trained at this
+  budget. Every row of a pair has its student's one recipe.
+- MGD-AMP + KD adds MGD's feature loss to the KD row's recipe (T = 4, CE x0.1, KD x0.9): against KD it differs by
+  MGD alone.
 - FitNets applies a ReLU to both sides before its regressor (its authors' post-ReLU features): for a ViT student that
   clips the residual stream's negative half before the projector; kept as the distiller's default.
 """
