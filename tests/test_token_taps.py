@@ -140,6 +140,12 @@ def test_tap_token_fields_are_checked_hashable_and_picklable():
         Tap("x", layout="nlc")
     with pytest.raises(ValueError, match=r"^Tap.prefix_tokens must be an int >= 0 \(0 unless layout='tokens'\)"):
         Tap("x", layout="nhwc", prefix_tokens=1)
+    with pytest.raises(ValueError, match=r"^Tap.prefix_tokens must be an int >= 0 .*got None"):
+        Tap("x", layout="tokens", prefix_tokens=None)
+    with pytest.raises(ValueError, match=r"^Tap.grid is the patch grid .*'nhwc'.*grid=\(4, 4\)"):
+        Tap("x", layout="nhwc", grid=(4, 4))
+    with pytest.raises(ValueError, match=r"^Tap.grid is the patch grid .*'nchw'"):
+        Tap("x", grid=(4, 4))
     with pytest.raises(ValueError, match=r"^Tap.grid of module 'x' must be \(H, W\)"):
         Tap("x", layout="tokens", grid=(8,))
     with pytest.raises(ValueError, match=r"^tap 'x' \(layout 'tokens'\): grid \(3, 3\) holds 9 patches"):

@@ -19,6 +19,7 @@ Which taps a network gets (the paper's presets, or the automatic ones) is :mod:`
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -70,11 +71,15 @@ class Tap:
             raise ValueError(f"Tap.kind must be one of {KINDS}; got {self.kind!r} for module {self.module!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"Tap.layout must be one of {LAYOUTS}; got {self.layout!r} for module {self.module!r}")
-        if isinstance(self.prefix_tokens, bool) or int(self.prefix_tokens) != self.prefix_tokens or (
+        if not isinstance(self.prefix_tokens, numbers.Integral) or isinstance(self.prefix_tokens, bool) or (
                 self.prefix_tokens < 0 or (self.prefix_tokens and self.layout != "tokens")):
             raise ValueError(f"Tap.prefix_tokens must be an int >= 0 (0 unless layout='tokens'); got "
                              f"{self.prefix_tokens!r} for module {self.module!r}")
         object.__setattr__(self, "prefix_tokens", int(self.prefix_tokens))
+        if self.grid is not None and self.layout != "tokens":
+            raise ValueError(f"Tap.grid is the patch grid of a layout='tokens' tap (a {self.layout!r} map carries "
+                             f"its own); got grid={self.grid!r} for module {self.module!r}: drop grid, or set "
+                             "layout='tokens'")
         # lists (from a config file) become tuples: the tap stays hashable
         object.__setattr__(self, "grid", as_hw(self.grid, f"Tap.grid of module {self.module!r}"))
         object.__setattr__(self, "resample", as_hw(self.resample, f"Tap.resample of module {self.module!r}"))
