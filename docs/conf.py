@@ -44,8 +44,6 @@ exclude_patterns = [
     ".DS_Store",
     # included into other pages, not pages of their own
     "studies/reproduction-notes.md",
-    # a draft until results/vit-cpu is committed (it includes results/vit-cpu/results.md): then into the toctree
-    "studies/transformers.md",
     "_generated/notebooks/.ipynb_checkpoints",
 ]
 root_doc = "index"

@@ -23,7 +23,12 @@ from mgd_lightning.experiments import transformers as tr  # noqa: E402
 from mgd_lightning.experiments.claims import TIE_MARGIN  # noqa: E402
 from mgd_lightning.experiments.study import PremiseError  # noqa: E402
 from mgd_lightning.margin_estimate import estimate_margin  # noqa: E402
-from tests.committed_results import check_committed_study, docs_page_problems  # noqa: E402
+from tests.committed_results import (  # noqa: E402
+    check_committed_study,
+    docs_page_problems,
+    readme_quotes,
+    readme_quotes_not_in_report,
+)
 from tests.test_data import _make_fashion  # noqa: E402
 from tests.toys import ToyNet  # noqa: E402
 
@@ -246,6 +251,7 @@ def test_study_end_to_end_resumes_and_a_failed_premise_stops_it(tmp_path, fashio
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "vit-cpu"
 DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "studies" / "transformers.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.skipif(not (RESULTS / "results.md").is_file(), reason="the vision-transformer study is not committed yet")
@@ -255,3 +261,5 @@ def test_committed_report_is_what_its_runs_give():
     premise = json.loads((RESULTS / "premise.json").read_text())
     assert premise["met"] and all(p["lead"] >= setting.premise_gap for p in premise["pairs"].values())
     assert docs_page_problems(RESULTS, DOCS_PAGE) == []
+    assert readme_quotes(README).get(RESULTS.name), "the README's headline results quote results/vit-cpu"
+    assert readme_quotes_not_in_report(RESULTS, README) == []
