@@ -57,6 +57,9 @@ def test_holm_can_turn_a_raw_support_into_inconclusive_and_the_report_says_both(
         c["status_holm"] == "held" for c in raw_held)
     text = "\n".join(claims_markdown(checked, str))
     assert "(Holm: " in text and "Holm p = " in text
+    assert text.startswith("## The paper's claims, checked\n")  # the default heading; a study of its own names one
+    assert claims_markdown(checked, str, "The claims, checked (beyond the paper)")[0] == \
+        "## The claims, checked (beyond the paper)"
 
 
 def test_identical_runs_are_not_testable_and_leave_the_family():

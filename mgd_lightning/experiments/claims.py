@@ -187,9 +187,10 @@ def check_claims(results: Sequence[dict[str, Any]], claims: Sequence[Claim],
     return out
 
 
-def claims_markdown(checked: Sequence[dict[str, Any]], label: Callable[[str], str]) -> list[str]:
-    """The checked claims as markdown lines (a heading, how to read them, one bullet per claim and comparison)."""
-    lines = ["## The paper's claims, checked", "",
+def claims_markdown(checked: Sequence[dict[str, Any]], label: Callable[[str], str],
+                    heading: str = "The paper's claims, checked") -> list[str]:
+    """The checked claims as markdown lines (a ``heading``, how to read them, one bullet per claim and comparison)."""
+    lines = [f"## {heading}", "",
              "Differences are paired by seed: top-1 error of the first row minus the second, in points, "
              "mean ± sample std, then the 95 % Student-t interval of the mean and the seeds in which the first "
              "row was better. Negative: the first row is better. *supported* / *contradicted*: the whole "

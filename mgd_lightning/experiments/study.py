@@ -63,6 +63,7 @@ class Study:
         extra_report: ``extra_report(results, rows, setting, out)``: more plots or tables; returns markdown lines.
         folder: the default output folder under ``results/`` (``{setting}`` is the setting's name).
         top5: show the top-5 error in the report's table (not when there are 5 classes or fewer).
+        claims_heading: the heading of the report's claims section (a study beyond the paper checks its own).
     """
 
     name: str
@@ -81,6 +82,7 @@ class Study:
     extra_report: Callable[..., list[str]] | None = field(default=None)
     folder: str = "study-{setting}"
     top5: bool = True
+    claims_heading: str = "The paper's claims, checked"
 
     def label(self, name: str) -> str:
         return self.rows[name].label
@@ -107,7 +109,7 @@ def report(study: Study, out: Path, setting_name: str, setting: Any) -> tuple[li
     lines = [*study.head(setting_name, setting, prepared), "", *rows_table(rows, study.top5)]
     if study.extra_report is not None:
         lines += study.extra_report(results, rows, setting, out)
-    lines += ["", *claims_markdown(checked, study.label), "", study.notes]
+    lines += ["", *claims_markdown(checked, study.label, study.claims_heading), "", study.notes]
     text = "\n".join(lines)
     (out / "results.md").write_text(text)
     errors_plot(results, rows, out / "errors.png", study.references(prepared))
