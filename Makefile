@@ -112,7 +112,7 @@ unsup: $(STAMP) fashion-mnist
 
 # The vision-transformer study (results/vit-cpu: MGD with no learned projector between a CNN and a ViT, both ways:
 # CNN -> ViT against KD and FitNets' learned projector, ViT -> CNN with no margin and the estimated margin; a premise
-# check first; about 90 min on 2 CPU cores from a fresh clone; resumable). VIT_ARGS="--setting vit-gpu" on a GPU.
+# check first; about 60 min measured on 2 CPU cores, teachers included; resumable). VIT_ARGS="--setting vit-gpu" on a GPU.
 VIT_ARGS ?= --setting vit-cpu
 vit: $(STAMP) fashion-mnist
 	$(VENV)/bin/mgd-lightning study $(VIT_ARGS)
