@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="cpu: from scratch, 2 CPU cores, about 90-115 min (default); gpu: whole training set, "
                              "30 epochs, 5 seeds; transfer-cpu: pre-trained students on 30 images per class, "
                              "about 40 min; imagenet-transfer-cpu: ImageNet EfficientNet-Lite2 -> Lite0 on 10 "
-                             "images per class; unsup-cpu: without labels; vit-cpu: CNN <-> ViT, about 90 min; the "
+                             "images per class; unsup-cpu: without labels; vit-cpu: CNN <-> ViT, about 60 min; the "
                              "-gpu settings; smoke, transfer-smoke, imagenet-transfer-smoke, unsup-smoke, vit-smoke: "
                              "seconds")
     parser.add_argument("--out", type=Path, default=None,

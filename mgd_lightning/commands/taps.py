@@ -86,15 +86,17 @@ def describe_taps(name: str, input_size: Sequence[int] | None = None, student: s
         (teacher, t_taps), (stud, s_taps) = built["teacher"], built["student"]
         if preset_taps(teacher) is None or preset_taps(stud) is None:
             t_taps, s_taps = pair_by_size(teacher, t_taps, stud, s_taps, size)
-            how = ("in order, the last of each side; teacher maps resampled to the student's grid"
-                   if any(t.resample is not None for t in t_taps) else "paired by spatial size")
+            how = "paired by spatial size"
         else:
             n = min(len(t_taps), len(s_taps))
             t_taps, s_taps = t_taps[len(t_taps) - n:], s_taps[len(s_taps) - n:]
             how = "presets: the earliest taps of the longer list dropped"
+        resampled = any(t.resample is not None for t in t_taps)  # token taps, paired in order (pair_by_size)
+        if resampled:
+            how = "in order, the last of each side; teacher maps resampled to the student's grid"
         t_shapes, s_shapes = tap_shapes(teacher, t_taps, size), tap_shapes(stud, s_taps, size)
         rows = []
-        tapped = tap_shapes(teacher, [replace(t, resample=None) for t in t_taps], size)
+        tapped = tap_shapes(teacher, [replace(t, resample=None) for t in t_taps], size) if resampled else t_shapes
         for k, (tt, st, ts, ss, own) in enumerate(zip(t_taps, s_taps, t_shapes, s_shapes, tapped)):
             alpha = ts[1] // ss[1]
             notes = [f"resampled from {own[2]} x {own[3]}"] if own[2:] != ts[2:] else []

@@ -15,10 +15,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from scipy import stats
-
 from mgd_lightning import DistillationModule
 from mgd_lightning.experiments import transformers as tr
+from mgd_lightning.experiments.claims import paired, t_interval
 from mgd_lightning.experiments.runner import run_jobs
 
 HERE = Path(__file__).resolve().parent
@@ -48,19 +47,17 @@ def main():
     if failed:
         raise SystemExit(f"failed: {failed}")
 
-    def errors(folder: Path, row: str):
-        return [json.loads((folder / "runs" / row / f"seed{s}" / "result.json").read_text())["top1_err"]
-                for s in seeds]
+    def runs(folder: Path, row: str):
+        return [json.loads((folder / "runs" / row / f"seed{s}" / "result.json").read_text()) for s in seeds]
 
-    last = errors(HERE, "cnn_mgd_last")
-    sys.stdout.write(f"last tap only: {statistics.mean(last):.2f} % mean top-1 error over {len(seeds)} seeds\n")
+    last = runs(HERE, "cnn_mgd_last")
+    sys.stdout.write(f"last tap only: {statistics.mean(r['top1_err'] for r in last):.2f} % mean top-1 error over "
+                     f"{len(seeds)} seeds\n")
     for other in ("cnn_alone", "cnn_mgd", "cnn_kd"):
-        d = [a - b for a, b in zip(last, errors(STUDY, other))]
-        m, sd = statistics.mean(d), statistics.stdev(d)
-        h = stats.t.ppf(0.975, len(d) - 1) * sd / len(d) ** 0.5
-        sys.stdout.write(f"last tap only vs {other}: {m:+.2f} ± {sd:.2f}, 95 % CI [{m - h:.2f}, {m + h:.2f}], "
+        d = paired(last + runs(STUDY, other), "cnn_mgd_last", other)
+        (low, high), m, sd = t_interval(d), statistics.mean(d), statistics.stdev(d)
+        sys.stdout.write(f"last tap only vs {other}: {m:+.2f} ± {sd:.2f}, 95 % CI [{low:.2f}, {high:.2f}], "
                          f"better in {sum(x < 0 for x in d)}/{len(d)} seeds\n")
-
 
 if __name__ == "__main__":
     main()
